@@ -1,0 +1,405 @@
+"""Inventory loading: TOML text → validated, frozen :class:`~dynamo_launch.model.Inventory`.
+
+Every problem is collected and reported at once, each with file, line and key
+path. Cross-field rules (host references, GPU arithmetic, ports) live in
+:mod:`dynamo_launch.checks`; this module handles shape, types and secrets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os.path
+import re
+import tomllib
+from typing import Any
+
+from . import checks
+from .errors import InventoryError, Problem
+from .model import (
+    Backend,
+    Cluster,
+    EnvValue,
+    EtcdSettings,
+    Executor,
+    Frontend,
+    GenericProcess,
+    Health,
+    Host,
+    Inventory,
+    NatsSettings,
+    RayCluster,
+    Restart,
+    RestartPolicy,
+    Role,
+    SecretRef,
+    SshSettings,
+    WorkerGroup,
+)
+from .reader import ENV_NAME, HOSTNAME, MISSING, NAME, Reader
+from .tomlpos import KeyPath, LineMap
+
+__all__ = ["load", "parse"]
+
+_TOP = {"cluster", "ssh", "env", "hosts", "nats", "etcd", "frontend", "workers", "ray", "processes"}
+_SSH = {"user", "port", "key_file", "known_hosts", "connect_timeout", "keepalive_interval", "keepalive_count_max"}
+_RESTART = {"policy", "backoff_initial", "backoff_max", "reset_after", "max_restarts", "restart_window", "stop_timeout"}
+_HEALTH = {"check", "port", "path", "command", "startup_timeout", "start_secs", "interval", "timeout", "failure_threshold"}
+_CHECKS = ("auto", "process", "tcp", "http", "command")
+
+# Names that say "this is a credential": a literal value under such a name is refused.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH", re.I)
+# Well-known token shapes, refused under any name.
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|nvapi-[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$")
+_ENV_REF = re.compile(r"\$\{(" + ENV_NAME + r")\}")
+
+
+def load(path: str) -> Inventory:
+    """Read and validate the inventory file at ``path``.
+
+    Raises :class:`~dynamo_launch.errors.InventoryError` with every problem found.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InventoryError([Problem(0, "", f"cannot read: {e.strerror or e}", path)]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InventoryError([Problem(1, "", f"not UTF-8 text ({e.reason} at byte {e.start})", path)]) from None
+    return parse(text, path)
+
+
+def parse(text: str, source: str = "inventory.toml") -> Inventory:
+    """Validate inventory ``text``; ``source`` names it in messages and anchors relative paths."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = _decode_error_line(str(e))
+        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        raise InventoryError([Problem(line, "", f"TOML syntax: {message}", source)]) from None
+    r = Reader(LineMap(text), source)
+    base_dir = os.path.dirname(os.path.abspath(source)) if source else ""
+    inventory = _Loader(r, base_dir).inventory(raw, source)
+    if not r.problems and inventory is not None:
+        checks.validate(inventory, r)
+    if r.problems:
+        raise InventoryError(r.problems)
+    assert inventory is not None
+    return inventory
+
+
+def _decode_error_line(message: str) -> int:
+    m = re.search(r"at line (\d+)", message)
+    if m:
+        return int(m.group(1))
+    return message.count("\n") + 1 if "end of document" not in message else 1
+
+
+class _Loader:
+    def __init__(self, r: Reader, base_dir: str):
+        self.r = r
+        self.base_dir = base_dir
+
+    def inventory(self, raw: dict[str, Any], source: str) -> Inventory | None:
+        r = self.r
+        r.table(raw, (), _TOP)
+        cluster = self.cluster(r.table(raw["cluster"], ("cluster",), None) if "cluster" in raw else _missing(r, "cluster"))
+        ssh = self.ssh(r.table(raw.get("ssh", {}), ("ssh",), _SSH), ("ssh",), SshSettings())
+        env = self.env(raw.get("env", {}), ("env",))
+        hosts = tuple(self.host(t, ("hosts", i), ssh) for i, t in enumerate(r.tables(raw.get("hosts"), ("hosts",))))
+        if not hosts and "hosts" not in raw:
+            r.problem(("hosts",), "missing: at least one [[hosts]] entry is required")
+        nats = self.nats(raw.get("nats", {}), ("nats",))
+        etcd = self.etcd(raw.get("etcd", {}), ("etcd",))
+        frontend = self.frontend(raw["frontend"], ("frontend",), cluster.head) if "frontend" in raw else None
+        workers = tuple(self.worker(t, ("workers", i)) for i, t in enumerate(r.tables(raw.get("workers"), ("workers",))))
+        ray = self.ray(raw["ray"], ("ray",)) if "ray" in raw else None
+        processes = tuple(
+            self.process(t, ("processes", i)) for i, t in enumerate(r.tables(raw.get("processes"), ("processes",)))
+        )
+        return Inventory(
+            source=source,
+            cluster=cluster,
+            ssh=ssh,
+            hosts=hosts,
+            nats=nats,
+            etcd=etcd,
+            env=env,
+            frontend=frontend,
+            workers=workers,
+            ray=ray,
+            processes=processes,
+        )
+
+    # -- sections ----------------------------------------------------------------------
+
+    def cluster(self, t: dict[str, Any]) -> Cluster:
+        r, p = self.r, ("cluster",)
+        r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root"})
+        name = r.get(t, p, "name", str, pattern=NAME)
+        version = r.get(t, p, "dynamo_version", str, "1.6.1")
+        if not re.fullmatch(r"\d+(\.\d+){0,2}([a-z.+-].*)?", version):
+            r.problem(p + ("dynamo_version",), f"{version!r} is not a version like 1.6.1")
+        return Cluster(
+            name=name,
+            head=r.get(t, p, "head", str),
+            state_dir=self.path(t, p, "state_dir", f"/var/lib/dynamo-launch/{name or 'cluster'}", absolute=True),
+            python=r.get(t, p, "python", str, "python3"),
+            dynamo_version=version,
+            system_port=r.port(t, p, "system_port", 9090),
+            vllm_cache_root=self.path(t, p, "vllm_cache_root", None, absolute=True),
+        )
+
+    def ssh(self, t: dict[str, Any], p: KeyPath, base: SshSettings) -> SshSettings:
+        r = self.r
+        key_file = self.path(t, p, "key_file", base.key_file)
+        return SshSettings(
+            user=r.get(t, p, "user", str, base.user, pattern=r"[A-Za-z_][A-Za-z0-9._-]*"),
+            port=r.port(t, p, "port", base.port),
+            key_file=key_file,
+            known_hosts=self.path(t, p, "known_hosts", base.known_hosts),
+            connect_timeout=r.get(t, p, "connect_timeout", float, base.connect_timeout, minimum=0.1),
+            keepalive_interval=r.get(t, p, "keepalive_interval", float, base.keepalive_interval, minimum=0.1),
+            keepalive_count_max=r.get(t, p, "keepalive_count_max", int, base.keepalive_count_max, minimum=1),
+        )
+
+    def host(self, t: dict[str, Any], p: KeyPath, ssh: SshSettings) -> Host:
+        r = self.r
+        r.table(t, p, {"name", "address", "gpus", "local", "python", "labels", "ssh"})
+        address = r.get(t, p, "address", str)
+        if address and not _valid_address(address):
+            r.problem(p + ("address",), f"{address!r} is neither an IP address nor a host name")
+        labels = r.table(t.get("labels", {}), p + ("labels",), None)
+        for k, v in labels.items():
+            if not isinstance(v, str):
+                r.problem(p + ("labels", k), f"label values must be strings, got {type(v).__name__}")
+        return Host(
+            name=r.get(t, p, "name", str, pattern=HOSTNAME),
+            address=address,
+            gpus=r.get(t, p, "gpus", int, 0, minimum=0, maximum=1024),
+            ssh=self.ssh(r.table(t.get("ssh", {}), p + ("ssh",), _SSH), p + ("ssh",), ssh),
+            local=r.get(t, p, "local", bool, False),
+            python=r.get(t, p, "python", str, None),
+            labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
+        )
+
+    def nats(self, raw: Any, p: KeyPath) -> NatsSettings:
+        r = self.r
+        t = r.table(raw, p, {"port", "monitor_port", "store_dir", "external", "binary", "restart", "health"})
+        external = self.url(t, p, "external", ("nats", "tls"))
+        return NatsSettings(
+            port=r.port(t, p, "port", 4222),
+            monitor_port=r.port(t, p, "monitor_port", 8222),
+            store_dir=self.path(t, p, "store_dir", None, absolute=True),
+            external=external,
+            binary=r.get(t, p, "binary", str, "nats-server"),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    def etcd(self, raw: Any, p: KeyPath) -> EtcdSettings:
+        r = self.r
+        t = r.table(raw, p, {"client_port", "peer_port", "data_dir", "external", "binary", "restart", "health"})
+        return EtcdSettings(
+            client_port=r.port(t, p, "client_port", 2379),
+            peer_port=r.port(t, p, "peer_port", 2380),
+            data_dir=self.path(t, p, "data_dir", None, absolute=True),
+            external=self.url(t, p, "external", ("http", "https")),
+            binary=r.get(t, p, "binary", str, "etcd"),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    def frontend(self, raw: Any, p: KeyPath, head: str) -> Frontend:
+        r = self.r
+        t = r.table(raw, p, {"host", "http_port", "router_mode", "extra_args", "env", "restart", "health"})
+        return Frontend(
+            host=r.get(t, p, "host", str, head),
+            http_port=r.port(t, p, "http_port", 8000),
+            router_mode=r.get(t, p, "router_mode", str, "kv", choices=("kv", "round-robin", "random")),
+            extra_args=r.strings(t, p, "extra_args", ()),
+            env=self.env(t.get("env", {}), p + ("env",)),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    def worker(self, t: dict[str, Any], p: KeyPath) -> WorkerGroup:
+        r = self.r
+        r.table(
+            t,
+            p,
+            {
+                "name", "backend", "role", "model", "hosts", "tensor_parallel_size", "pipeline_parallel_size",
+                "data_parallel_size", "replicas", "executor", "master_port", "ray_port", "dp_rpc_port",
+                "extra_args", "env", "restart", "health",
+            },
+        )  # fmt: skip
+        return WorkerGroup(
+            name=r.get(t, p, "name", str, pattern=NAME),
+            backend=r.choice(t, p, "backend", Backend),
+            role=r.choice(t, p, "role", Role, Role.AGGREGATED),
+            model=r.get(t, p, "model", str),
+            hosts=r.strings(t, p, "hosts"),
+            tensor_parallel_size=r.get(t, p, "tensor_parallel_size", int, 1, minimum=1, maximum=4096),
+            pipeline_parallel_size=r.get(t, p, "pipeline_parallel_size", int, 1, minimum=1, maximum=4096),
+            data_parallel_size=r.get(t, p, "data_parallel_size", int, 1, minimum=1, maximum=4096),
+            replicas=r.get(t, p, "replicas", int, None, minimum=1, maximum=4096),
+            executor=r.choice(t, p, "executor", Executor, Executor.MP),
+            master_port=r.port(t, p, "master_port", 29500),
+            ray_port=r.port(t, p, "ray_port", 6379),
+            dp_rpc_port=r.port(t, p, "dp_rpc_port", 13445),
+            extra_args=r.strings(t, p, "extra_args", ()),
+            env=self.env(t.get("env", {}), p + ("env",)),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    def ray(self, raw: Any, p: KeyPath) -> RayCluster:
+        r = self.r
+        t = r.table(
+            raw,
+            p,
+            {"head", "workers", "port", "num_cpus", "num_gpus", "object_store_memory", "extra_args", "env", "restart", "health"},
+        )
+        return RayCluster(
+            head=r.get(t, p, "head", str),
+            workers=r.strings(t, p, "workers", ()),
+            port=r.port(t, p, "port", 6379),
+            num_cpus=r.get(t, p, "num_cpus", int, None, minimum=0),
+            num_gpus=r.get(t, p, "num_gpus", int, None, minimum=0),
+            object_store_memory=r.get(t, p, "object_store_memory", int, None, minimum=78643200),
+            extra_args=r.strings(t, p, "extra_args", ()),
+            env=self.env(t.get("env", {}), p + ("env",)),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    def process(self, t: dict[str, Any], p: KeyPath) -> GenericProcess:
+        r = self.r
+        r.table(t, p, {"name", "host", "hosts", "command", "cwd", "env", "depends_on", "gang", "dynamo", "restart", "health"})
+        if "host" in t and "hosts" in t:
+            r.problem(p + ("hosts",), "give either host or hosts, not both")
+        hosts = (r.get(t, p, "host", str),) if "host" in t else r.strings(t, p, "hosts")
+        if "host" not in t and "hosts" in t and not hosts:
+            r.problem(p + ("hosts",), "must name at least one host")
+        command = r.strings(t, p, "command")
+        if "command" in t and not command:
+            r.problem(p + ("command",), "must not be empty")
+        return GenericProcess(
+            name=r.get(t, p, "name", str, pattern=NAME),
+            hosts=hosts,
+            command=command,
+            cwd=self.path(t, p, "cwd", None, absolute=True),
+            env=self.env(t.get("env", {}), p + ("env",)),
+            depends_on=r.strings(t, p, "depends_on", ()),
+            gang=r.get(t, p, "gang", str, None, pattern=NAME),
+            dynamo=r.get(t, p, "dynamo", bool, False),
+            restart=self.restart(t, p),
+            health=self.health(t, p),
+        )
+
+    # -- shared sub-tables -----------------------------------------------------------
+
+    def restart(self, parent: dict[str, Any], p: KeyPath) -> Restart:
+        r = self.r
+        p = p + ("restart",)
+        t = r.table(parent.get("restart", {}), p, _RESTART)
+        restart = Restart(
+            policy=r.choice(t, p, "policy", RestartPolicy, RestartPolicy.ALWAYS),
+            backoff_initial=r.get(t, p, "backoff_initial", float, 1.0, minimum=0),
+            backoff_max=r.get(t, p, "backoff_max", float, 300.0, minimum=0),
+            reset_after=r.get(t, p, "reset_after", float, 600.0, minimum=0),
+            max_restarts=r.get(t, p, "max_restarts", int, 5, minimum=0),
+            restart_window=r.get(t, p, "restart_window", float, 600.0, minimum=0),
+            stop_timeout=r.get(t, p, "stop_timeout", float, 30.0, minimum=0),
+        )
+        if restart.backoff_max < restart.backoff_initial:
+            r.problem(p + ("backoff_max",), f"must be ≥ backoff_initial ({restart.backoff_initial:g})")
+        return restart
+
+    def health(self, parent: dict[str, Any], p: KeyPath) -> Health:
+        r = self.r
+        p = p + ("health",)
+        t = r.table(parent.get("health", {}), p, _HEALTH)
+        health = Health(
+            check=r.get(t, p, "check", str, "auto", choices=_CHECKS),
+            port=r.port(t, p, "port", None),
+            path=r.get(t, p, "path", str, "/health", pattern=r"/[^\s]*"),
+            command=r.strings(t, p, "command", ()),
+            startup_timeout=r.get(t, p, "startup_timeout", float, 600.0, minimum=0),
+            start_secs=r.get(t, p, "start_secs", float, 1.0, minimum=0),
+            interval=r.get(t, p, "interval", float, 5.0, minimum=0.05),
+            timeout=r.get(t, p, "timeout", float, 3.0, minimum=0.05),
+            failure_threshold=r.get(t, p, "failure_threshold", int, 3, minimum=1),
+        )
+        if health.check in ("tcp", "http") and health.port is None:
+            r.problem(p + ("port",), f"check = {health.check!r} needs a port")
+        if health.check == "command" and not health.command:
+            r.problem(p + ("command",), "check = 'command' needs a command")
+        return health
+
+    def env(self, raw: Any, p: KeyPath) -> tuple[tuple[str, EnvValue], ...]:
+        r = self.r
+        t = r.table(raw, p, None)
+        out: list[tuple[str, EnvValue]] = []
+        for name, value in t.items():
+            where = p + (name,)
+            if not re.fullmatch(ENV_NAME, name):
+                r.problem(where, "not a valid environment variable name")
+                continue
+            if not isinstance(value, str):
+                r.problem(where, f"must be a string, got {type(value).__name__} (quote it: {name} = \"{value}\")")
+                continue
+            out.append((name, self.env_value(value, where, name)))
+        return tuple(out)
+
+    def env_value(self, value: str, where: KeyPath, name: str) -> EnvValue:
+        ref = _ENV_REF.fullmatch(value)
+        if ref:
+            return SecretRef("env", ref.group(1))
+        if value.startswith("file:"):
+            path = value[len("file:") :]
+            if not path.startswith("/"):
+                self.r.problem(where, f"file: reference must be an absolute path, got {path!r}")
+            return SecretRef("file", path)
+        if _SECRET_VALUE.match(value) or (value and _SECRET_NAME.search(name)):
+            self.r.problem(
+                where,
+                f"inline secret: give it by reference, e.g. {name} = \"${{{name}}}\" (from the daemon's "
+                f"environment) or {name} = \"file:/etc/dynamo-launch/{name.lower()}\"",
+            )
+            return SecretRef("env", name)
+        return value
+
+    def path(self, t: dict[str, Any], p: KeyPath, key: str, default: Any, *, absolute: bool = False) -> Any:
+        value = self.r.get(t, p, key, str, default)
+        if key not in t or not isinstance(value, str):
+            return value
+        if not value:
+            self.r.problem(p + (key,), "must not be empty")
+        elif absolute and not value.startswith("/"):
+            self.r.problem(p + (key,), f"must be an absolute path (it is used on every node), got {value!r}")
+        elif not absolute and not value.startswith(("/", "~")):
+            value = os.path.normpath(os.path.join(self.base_dir, value))  # relative to the inventory file
+        return value
+
+    def url(self, t: dict[str, Any], p: KeyPath, key: str, schemes: tuple[str, ...]) -> str | None:
+        value = self.r.get(t, p, key, str, None)
+        if value is not None and not re.fullmatch(r"(%s)://[^\s/]+(:\d+)?/?(,(%s)://[^\s/,]+(:\d+)?/?)*" % ("|".join(schemes), "|".join(schemes)), value):
+            self.r.problem(p + (key,), f"must be a URL like {schemes[0]}://host:port, got {value!r}")
+        return value
+
+
+def _missing(r: Reader, name: str) -> dict[str, Any]:
+    """Report a missing required table and stand in an empty one."""
+    r.problem((name,), f"missing: the [{name}] table is required")
+    return {}
+
+
+def _valid_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", address))

@@ -1,0 +1,282 @@
+"""The typed, frozen inventory model that the loader produces and the planner reads.
+
+Everything here is plain data: no parsing, no I/O. Defaults live in
+:mod:`dynamo_launch.schema`, next to the key names, so that the documentation
+of every key has one home.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Backend",
+    "Cluster",
+    "EnvValue",
+    "EtcdSettings",
+    "Executor",
+    "Frontend",
+    "GenericProcess",
+    "Health",
+    "Host",
+    "Inventory",
+    "NatsSettings",
+    "RayCluster",
+    "Restart",
+    "RestartPolicy",
+    "Role",
+    "SecretRef",
+    "SshSettings",
+    "WorkerGroup",
+]
+
+
+class Backend(str, enum.Enum):
+    """Inference engine a worker group runs."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TRTLLM = "trtllm"
+    MOCKER = "mocker"
+
+
+class Role(str, enum.Enum):
+    """What a worker does in the Dynamo graph."""
+
+    AGGREGATED = "aggregated"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class Executor(str, enum.Enum):
+    """vLLM's distributed executor for a model that spans hosts."""
+
+    MP = "mp"
+    RAY = "ray"
+
+
+class RestartPolicy(str, enum.Enum):
+    """When the supervisor restarts a process that ended."""
+
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret given by reference, resolved on the head at launch time.
+
+    ``kind`` is ``"env"`` (``${NAME}``: the daemon's environment) or
+    ``"file"`` (``file:/path``: the file's content, trailing newline dropped).
+    """
+
+    kind: str
+    ref: str
+
+    def __str__(self) -> str:
+        return f"${{{self.ref}}}" if self.kind == "env" else f"file:{self.ref}"
+
+
+EnvValue = str | SecretRef
+"""An environment value: a literal string, or a secret reference."""
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How the daemon reaches a host over SSH (defaults, then per-host overrides)."""
+
+    user: str = "root"
+    port: int = 22
+    key_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 5.0
+    keepalive_count_max: int = 3
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of the cluster."""
+
+    name: str
+    address: str
+    gpus: int
+    ssh: SshSettings
+    local: bool = False
+    python: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Restart policy and backoff for a process or gang (DESIGN §4)."""
+
+    policy: RestartPolicy = RestartPolicy.ALWAYS
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    reset_after: float = 600.0
+    max_restarts: int = 5
+    restart_window: float = 600.0
+    stop_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Readiness and liveness settings.
+
+    ``check`` is ``auto`` (the recipe's natural probe), ``process``, ``tcp``,
+    ``http`` or ``command``; ``port``/``path``/``command`` feed the explicit kinds.
+    """
+
+    check: str = "auto"
+    port: int | None = None
+    path: str = "/health"
+    command: tuple[str, ...] = ()
+    startup_timeout: float = 600.0
+    start_secs: float = 1.0
+    interval: float = 5.0
+    timeout: float = 3.0
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """NATS server on the head, or an external endpoint."""
+
+    port: int = 4222
+    monitor_port: int = 8222
+    store_dir: str | None = None
+    external: str | None = None
+    binary: str = "nats-server"
+    restart: Restart = Restart()
+    health: Health = Health()
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """etcd on the head, or an external endpoint."""
+
+    client_port: int = 2379
+    peer_port: int = 2380
+    data_dir: str | None = None
+    external: str | None = None
+    binary: str = "etcd"
+    restart: Restart = Restart()
+    health: Health = Health()
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """The Dynamo HTTP frontend (OpenAI-compatible API)."""
+
+    host: str
+    http_port: int = 8000
+    router_mode: str = "kv"
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, EnvValue], ...] = ()
+    restart: Restart = Restart()
+    health: Health = Health()
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """A set of identical model replicas of one backend and role."""
+
+    name: str
+    backend: Backend
+    role: Role
+    model: str
+    hosts: tuple[str, ...]
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    replicas: int | None = None
+    executor: Executor = Executor.MP
+    master_port: int = 29500
+    ray_port: int = 6379
+    dp_rpc_port: int = 13445
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, EnvValue], ...] = ()
+    restart: Restart = Restart()
+    health: Health = Health()
+
+    @property
+    def world_size(self) -> int:
+        """GPUs one data-parallel rank needs: TP × PP."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """A bare Ray cluster for the operator's own Ray workloads."""
+
+    head: str
+    workers: tuple[str, ...]
+    port: int = 6379
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_memory: int | None = None
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, EnvValue], ...] = ()
+    restart: Restart = Restart()
+    health: Health = Health()
+
+
+@dataclass(frozen=True)
+class GenericProcess:
+    """A process given by its full command, run on one or more hosts."""
+
+    name: str
+    hosts: tuple[str, ...]
+    command: tuple[str, ...]
+    cwd: str | None = None
+    env: tuple[tuple[str, EnvValue], ...] = ()
+    depends_on: tuple[str, ...] = ()
+    gang: str | None = None
+    dynamo: bool = False
+    restart: Restart = Restart()
+    health: Health = Health()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Cluster-wide settings."""
+
+    name: str
+    head: str
+    state_dir: str
+    python: str = "python3"
+    dynamo_version: str = "1.6.1"
+    system_port: int = 9090
+    vllm_cache_root: str | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A whole validated inventory: the only input of the planner."""
+
+    source: str
+    cluster: Cluster
+    ssh: SshSettings
+    hosts: tuple[Host, ...]
+    nats: NatsSettings
+    etcd: EtcdSettings
+    env: tuple[tuple[str, EnvValue], ...] = ()
+    frontend: Frontend | None = None
+    workers: tuple[WorkerGroup, ...] = ()
+    ray: RayCluster | None = None
+    processes: tuple[GenericProcess, ...] = field(default=())
+
+    def host(self, name: str) -> Host:
+        """The host called ``name`` (validated inventories always have it)."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    @property
+    def head(self) -> Host:
+        """The head host: NATS, etcd and the daemon live here."""
+        return self.host(self.cluster.head)

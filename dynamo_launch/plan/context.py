@@ -1,0 +1,144 @@
+"""Shared helpers for the recipes: endpoints, env merging, probes, ports (pure)."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..model import EnvValue, Health, Host, Inventory, Restart
+from ..tomlpos import KeyPath, format_path
+from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    """What every recipe needs to know about the cluster, plus the system-port allocator."""
+
+    inv: Inventory
+    _system_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def head(self) -> Host:
+        """The head host."""
+        return self.inv.head
+
+    @property
+    def nats_url(self) -> str:
+        """``NATS_SERVER`` for every Dynamo process."""
+        n = self.inv.nats
+        return n.external or f"nats://{_hostport(self.head.address, n.port)}"
+
+    @property
+    def etcd_url(self) -> str:
+        """``ETCD_ENDPOINTS`` for every Dynamo process."""
+        e = self.inv.etcd
+        return e.external or f"http://{_hostport(self.head.address, e.client_port)}"
+
+    def infra_gates(self) -> tuple[Gate, ...]:
+        """NATS and etcd ready, for the ones the launcher runs itself."""
+        gates = []
+        if self.inv.nats.external is None:
+            gates.append(Gate(process="nats"))
+        if self.inv.etcd.external is None:
+            gates.append(Gate(process="etcd"))
+        return tuple(gates)
+
+    def python(self, host: str) -> str:
+        """The interpreter to use on ``host``."""
+        return self.inv.host(host).python or self.inv.cluster.python
+
+    def tool(self, host: str, name: str) -> str:
+        """A console script installed next to the host's python (e.g. ``ray``)."""
+        python = self.python(host)
+        return posixpath.join(posixpath.dirname(python), name) if "/" in python else name
+
+    def log_file(self, name: str) -> str:
+        """Where a process's output goes on its node."""
+        return posixpath.join(self.inv.cluster.state_dir, "logs", f"{name}.log")
+
+    def system_port(self, host: str) -> int:
+        """Next free Dynamo system-status port on ``host`` (``DYN_SYSTEM_PORT``)."""
+        port = self._system_ports.get(host, self.inv.cluster.system_port)
+        self._system_ports[host] = port + 1
+        return port
+
+    def dynamo_env(self) -> list[tuple[str, EnvValue]]:
+        """Discovery endpoints every Dynamo process gets."""
+        return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url)]
+
+    def spec(
+        self,
+        *,
+        name: str,
+        host: str,
+        kind: str,
+        argv: Iterable[str],
+        origin: KeyPath,
+        restart: Restart,
+        health: Health,
+        readiness: Probe,
+        liveness: Probe | None = None,
+        env: Iterable[tuple[str, EnvValue]] = (),
+        user_env: Iterable[tuple[str, EnvValue]] = (),
+        cwd: str | None = None,
+        ports: Iterable[tuple[int, KeyPath]] = (),
+        **extra: object,
+    ) -> ProcessSpec:
+        """A :class:`ProcessSpec` with the common parts filled in.
+
+        Env precedence, lowest first: the recipe's ``env``, the cluster's
+        ``[env]``, then ``user_env`` (the group's own ``env``) — what the
+        operator wrote wins over what the launcher derives.
+        """
+        merged: dict[str, EnvValue] = {}
+        for k, v in (*env, *self.inv.env, *user_env):
+            merged.pop(k, None)  # re-insert so the final order shows precedence
+            merged[k] = v
+        return ProcessSpec(
+            name=name,
+            host=host,
+            address=self.inv.host(host).address,
+            kind=kind,
+            argv=tuple(argv),
+            env=tuple(Env(k, v) for k, v in merged.items()),
+            cwd=cwd or self.inv.cluster.state_dir,
+            log_file=self.log_file(name),
+            readiness=readiness,
+            liveness=liveness,
+            restart=restart,
+            startup_timeout=health.startup_timeout,
+            start_secs=health.start_secs,
+            origin=format_path(origin),
+            ports=tuple(ports),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def probe(kind: ProbeKind, health: Health, **fields: object) -> Probe:
+        """A probe with the interval/timeout/threshold of ``health``."""
+        return Probe(
+            kind=kind,
+            interval=health.interval,
+            timeout=health.timeout,
+            failure_threshold=health.failure_threshold,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def http(self, health: Health, address: str, port: int, path: str) -> Probe:
+        """An HTTP GET probe of ``http://address:port/path``."""
+        return self.probe(ProbeKind.HTTP, health, address=address, port=port, url=f"http://{_hostport(address, port)}{path}")
+
+    def tcp(self, health: Health, address: str, port: int) -> Probe:
+        """A TCP connect probe."""
+        return self.probe(ProbeKind.TCP, health, address=address, port=port)
+
+    def alive(self, health: Health) -> Probe:
+        """Readiness by staying alive for ``start_secs``."""
+        return self.probe(ProbeKind.PROCESS, health)
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -1,0 +1,83 @@
+"""NATS, etcd and the Dynamo frontend on the head (pure recipes)."""
+
+from __future__ import annotations
+
+import posixpath
+
+from ..tomlpos import KeyPath
+from .context import Context
+from .spec import ProcessSpec
+
+__all__ = ["etcd", "frontend", "nats"]
+
+
+def nats(ctx: Context) -> ProcessSpec:
+    """``nats-server -js -sd DIR -m 8222`` bound to the head's cluster address."""
+    n, head = ctx.inv.nats, ctx.head
+    store = n.store_dir or posixpath.join(ctx.inv.cluster.state_dir, "nats")
+    origin: KeyPath = ("nats",)
+    return ctx.spec(
+        name="nats",
+        host=head.name,
+        kind="nats",
+        argv=[n.binary, "-js", "-sd", store, "-m", str(n.monitor_port), "-a", head.address, "-p", str(n.port)],
+        origin=origin,
+        restart=n.restart,
+        health=n.health,
+        readiness=ctx.http(n.health, head.address, n.monitor_port, "/healthz?js-enabled-only=true"),
+        liveness=ctx.http(n.health, head.address, n.monitor_port, "/healthz?js-enabled-only=true"),
+        never_give_up=True,
+        ports=[(n.port, origin + ("port",)), (n.monitor_port, origin + ("monitor_port",))],
+    )
+
+
+def etcd(ctx: Context) -> ProcessSpec:
+    """A single-member etcd whose clients reach it on the head's cluster address."""
+    e, head, name = ctx.inv.etcd, ctx.head, ctx.inv.cluster.name
+    data = e.data_dir or posixpath.join(ctx.inv.cluster.state_dir, "etcd")
+    client = f"http://{head.address}:{e.client_port}"
+    listen = client if head.address in ("127.0.0.1", "localhost") else f"{client},http://127.0.0.1:{e.client_port}"
+    peer = f"http://127.0.0.1:{e.peer_port}"
+    origin: KeyPath = ("etcd",)
+    return ctx.spec(
+        name="etcd",
+        host=head.name,
+        kind="etcd",
+        argv=[
+            e.binary, "--name", name, "--data-dir", data,
+            "--advertise-client-urls", client, "--listen-client-urls", listen,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}",
+        ],  # fmt: skip
+        origin=origin,
+        restart=e.restart,
+        health=e.health,
+        readiness=ctx.http(e.health, head.address, e.client_port, "/health"),
+        liveness=ctx.http(e.health, head.address, e.client_port, "/health"),
+        never_give_up=True,
+        ports=[(e.client_port, origin + ("client_port",)), (e.peer_port, origin + ("peer_port",))],
+    )
+
+
+def frontend(ctx: Context) -> ProcessSpec:
+    """``python -m dynamo.frontend --http-port P --router-mode M``; ready on ``/health``."""
+    f = ctx.inv.frontend
+    assert f is not None
+    address = ctx.inv.host(f.host).address
+    origin: KeyPath = ("frontend",)
+    probe = ctx.http(f.health, address, f.http_port, f.health.path)
+    return ctx.spec(
+        name="frontend",
+        host=f.host,
+        kind="frontend",
+        argv=[ctx.python(f.host), "-m", "dynamo.frontend", "--http-port", str(f.http_port), "--router-mode", f.router_mode, *f.extra_args],
+        origin=origin,
+        restart=f.restart,
+        health=f.health,
+        readiness=probe,
+        liveness=probe,
+        env=ctx.dynamo_env(),
+        user_env=f.env,
+        depends_on=ctx.infra_gates(),
+        ports=[(f.http_port, origin + ("http_port",))],
+    )

@@ -1,0 +1,155 @@
+"""Plan values: every process the launcher will run, as data (pure).
+
+A :class:`ProcessSpec` says where a process runs, its exact argv and env, what
+it waits for before starting, how its health is judged and how it is restarted.
+Nothing here is a shell string: argv is a tuple, and secrets stay
+:class:`~dynamo_launch.model.SecretRef` until the daemon resolves them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..model import EnvValue, Restart, SecretRef, SshSettings
+from ..tomlpos import KeyPath
+
+__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind"]
+
+
+class ProbeKind(str, enum.Enum):
+    """How a probe decides health."""
+
+    PROCESS = "process"  # alive (and, for readiness, alive for start_secs)
+    TCP = "tcp"  # a TCP connect to address:port succeeds
+    HTTP = "http"  # GET url answers 2xx
+    COMMAND = "command"  # argv run on the host exits 0
+    RAY_NODES = "ray-nodes"  # the Ray cluster at address:port has ≥ expect alive nodes
+    RAY_NODE = "ray-node"  # the node with this address is alive in the Ray cluster
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One health check. ``host`` is where a COMMAND or RAY_* probe runs."""
+
+    kind: ProbeKind
+    host: str = ""
+    address: str = ""
+    port: int | None = None
+    url: str = ""
+    command: tuple[str, ...] = ()
+    expect: int = 0
+    interval: float = 5.0
+    timeout: float = 3.0
+    failure_threshold: int = 3
+
+    def describe(self) -> str:
+        """One human line, e.g. ``GET http://10.0.0.1:8000/health → 2xx``."""
+        if self.kind is ProbeKind.PROCESS:
+            return "process alive"
+        if self.kind is ProbeKind.TCP:
+            return f"tcp {self.address}:{self.port} accepts"
+        if self.kind is ProbeKind.HTTP:
+            return f"GET {self.url} → 2xx"
+        if self.kind is ProbeKind.COMMAND:
+            return f"on {self.host}: {' '.join(self.command)} → exit 0"
+        if self.kind is ProbeKind.RAY_NODES:
+            return f"Ray at {self.address}:{self.port} has {self.expect} nodes alive"
+        return f"{self.address} joined Ray at {self.url}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A start condition: ``process`` is READY, or ``probe`` passes."""
+
+    process: str | None = None
+    probe: Probe | None = None
+
+    def describe(self) -> str:
+        """``decode-0 ready`` or the probe's description."""
+        return f"{self.process} ready" if self.process else (self.probe.describe() if self.probe else "")
+
+
+@dataclass(frozen=True)
+class Env:
+    """One environment variable; ``value`` may be a secret reference."""
+
+    name: str
+    value: EnvValue
+
+    @property
+    def secret(self) -> bool:
+        """True when the value must never be shown."""
+        return isinstance(self.value, SecretRef)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """Everything about one process the launcher runs."""
+
+    name: str
+    host: str
+    address: str
+    kind: str
+    argv: tuple[str, ...]
+    env: tuple[Env, ...]
+    cwd: str
+    log_file: str
+    readiness: Probe
+    restart: Restart
+    liveness: Probe | None = None
+    depends_on: tuple[Gate, ...] = ()
+    group: str | None = None
+    leader: bool = False
+    generation: int = 1
+    startup_timeout: float = 600.0
+    start_secs: float = 1.0
+    gpus: tuple[int, ...] = ()
+    never_give_up: bool = False
+    origin: str = ""
+    ports: tuple[tuple[int, KeyPath], ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class Gang:
+    """Processes that live and die together: a multi-node model replica."""
+
+    name: str
+    members: tuple[str, ...]
+    restart: Restart
+
+
+@dataclass(frozen=True)
+class PlanHost:
+    """A host as the transport needs it."""
+
+    name: str
+    address: str
+    local: bool
+    ssh: SshSettings
+    python: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole launch: hosts, processes in start order, gangs."""
+
+    cluster: str
+    head: str
+    state_dir: str
+    nats_url: str
+    etcd_url: str
+    hosts: tuple[PlanHost, ...]
+    processes: tuple[ProcessSpec, ...]
+    gangs: tuple[Gang, ...]
+
+    def process(self, name: str) -> ProcessSpec:
+        """The process called ``name``."""
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def on_host(self, host: str) -> tuple[ProcessSpec, ...]:
+        """Processes of ``host``, in start order."""
+        return tuple(p for p in self.processes if p.host == host)

@@ -1,0 +1,107 @@
+"""The shape every backend shares: a leader that serves Dynamo endpoints, and ranks (pure).
+
+Backends (:mod:`.vllm`, :mod:`.sglang`, :mod:`.trtllm`, :mod:`.mocker`) decide
+argv; this module decides names, env, gates, probes, GPUs and gang membership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..model import EnvValue
+from ..placement import Node, Replica
+from ..tomlpos import KeyPath
+from .context import Context
+from .spec import Gate, ProcessSpec
+
+__all__ = ["leader_spec", "rank_name", "rank_spec", "version_at_least"]
+
+
+def rank_name(replica: Replica, node: Node) -> str:
+    """``decode-0`` for the leader, ``decode-0-rank1`` for node rank 1."""
+    return replica.name if node.rank == 0 else f"{replica.name}-rank{node.rank}"
+
+
+def _gpu_env(node: Node) -> list[tuple[str, EnvValue]]:
+    # Only slice when the replica shares its host: a full host is left as the driver sees it.
+    return [] if node.all_gpus or not node.gpus else [("CUDA_VISIBLE_DEVICES", ",".join(map(str, node.gpus)))]
+
+
+def leader_spec(
+    ctx: Context,
+    replica: Replica,
+    path: KeyPath,
+    argv: Iterable[str],
+    *,
+    env: Iterable[tuple[str, EnvValue]] = (),
+    depends_on: Iterable[Gate] = (),
+    kind: str | None = None,
+    ports: Iterable[tuple[int, KeyPath]] = (),
+) -> ProcessSpec:
+    """The replica's main process: registers with Dynamo, ready on its system-status ``/health``."""
+    group, node = replica.group, replica.nodes[0]
+    health = group.health
+    port = ctx.system_port(node.host)
+    address = ctx.inv.host(node.host).address
+    probe = ctx.http(health, address, port, "/health")
+    if health.check == "process":
+        probe = ctx.alive(health)
+    return ctx.spec(
+        name=replica.name,
+        host=node.host,
+        kind=kind or group.role.value,
+        argv=argv,
+        origin=path,
+        restart=group.restart,
+        health=health,
+        readiness=probe,
+        liveness=None if health.check == "process" else probe,
+        env=[*ctx.dynamo_env(), *env, ("DYN_SYSTEM_ENABLED", "true"), ("DYN_SYSTEM_PORT", str(port)), *_gpu_env(node)],
+        user_env=group.env,
+        depends_on=(*ctx.infra_gates(), *depends_on),
+        group=replica.name if replica.multi_node else None,
+        leader=replica.multi_node,
+        gpus=node.gpus,
+        ports=[(port, ("cluster", "system_port")), *ports],
+    )
+
+
+def rank_spec(
+    ctx: Context,
+    replica: Replica,
+    node: Node,
+    path: KeyPath,
+    argv: Iterable[str],
+    *,
+    env: Iterable[tuple[str, EnvValue]] = (),
+    depends_on: Iterable[Gate] = (),
+    kind: str = "rank",
+) -> ProcessSpec:
+    """A non-leader node of a gang: no Dynamo endpoints, ready when it stays up."""
+    group = replica.group
+    return ctx.spec(
+        name=rank_name(replica, node),
+        host=node.host,
+        kind=kind,
+        argv=argv,
+        origin=path,
+        restart=group.restart,
+        health=group.health,
+        readiness=ctx.alive(group.health),
+        env=[*ctx.dynamo_env(), *env, *_gpu_env(node)],
+        user_env=group.env,
+        depends_on=tuple(depends_on),
+        group=replica.name,
+        gpus=node.gpus,
+    )
+
+
+def version_at_least(version: str, major: int, minor: int = 0) -> bool:
+    """Compare a ``1.6.1``-style version to ``major.minor``."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return (parts[0], parts[1]) >= (major, minor)
