@@ -10,7 +10,7 @@ from . import __version__
 from .errors import DynamoLaunchError, InventoryError
 from .inventory import load
 from .plan import Plan, build
-from .plan.render import to_json, to_text
+from .plan.render import count, to_json, to_text
 
 __all__ = ["main"]
 
@@ -33,8 +33,8 @@ def validate(inventory: str) -> None:
     """Check INVENTORY and report every problem, one line each (exit 1 if any)."""
     result = _plan(inventory)
     click.echo(
-        f"{inventory}: ok — cluster {result.cluster!r}, {len(result.hosts)} hosts, "
-        f"{len(result.processes)} processes, {len(result.gangs)} gangs"
+        f"{inventory}: ok — cluster {result.cluster!r}, {count(len(result.hosts), 'host')}, "
+        f"{count(len(result.processes), 'process')}, {count(len(result.gangs), 'gang')}"
     )
 
 

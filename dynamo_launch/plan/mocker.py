@@ -31,4 +31,4 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
             argv += ["--disaggregation-mode", group.role.value]
         else:
             argv.append(f"--is-{group.role.value}-worker")
-    return [leader_spec(ctx, replica, path, argv, kind="worker" if group.role is Role.AGGREGATED else None)]
+    return [leader_spec(ctx, replica, path, argv)]

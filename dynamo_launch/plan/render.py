@@ -16,7 +16,7 @@ from typing import Any
 from ..model import SecretRef
 from .spec import Env, Plan, ProcessSpec
 
-__all__ = ["command_text", "env_text", "to_json", "to_text"]
+__all__ = ["command_text", "count", "env_text", "to_json", "to_text"]
 
 _WIDTH = 88
 
@@ -57,12 +57,17 @@ def _argv_lines(argv: tuple[str, ...]) -> list[str]:
     return [" ".join(lines[0])] + ["  " + " ".join(words) for words in lines[1:]]
 
 
+def count(n: int, noun: str) -> str:
+    """``1 host``, ``2 hosts``, ``3 processes``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def to_text(plan: Plan) -> str:
     """Per host, in start order, each process's conditions and exact command line."""
     order = {p.name: i for i, p in enumerate(plan.processes, start=1)}
     out = [
-        f"# dynamo-launch plan for cluster {plan.cluster!r}: {len(plan.hosts)} hosts, "
-        f"{len(plan.processes)} processes, {len(plan.gangs)} gangs",
+        f"# dynamo-launch plan for cluster {plan.cluster!r}: {count(len(plan.hosts), 'host')}, "
+        f"{count(len(plan.processes), 'process')}, {count(len(plan.gangs), 'gang')}",
         f"# NATS_SERVER={plan.nats_url}  ETCD_ENDPOINTS={plan.etcd_url}",
         "# [n] is the start order across the cluster; a process starts when all it waits for holds.",
     ]
@@ -71,7 +76,7 @@ def to_text(plan: Plan) -> str:
     for host in plan.hosts:
         procs = plan.on_host(host.name)
         how = "local" if host.local else f"ssh {host.ssh.user}@{host.address}:{host.ssh.port}"
-        out += ["", f"## {host.name} ({host.address}, {how}) — {len(procs)} processes"]
+        out += ["", f"## {host.name} ({host.address}, {how}) — {count(len(procs), 'process')}"]
         if not procs:
             out.append("# nothing runs here (e.g. reached by the leader's mpirun)")
         for p in procs:

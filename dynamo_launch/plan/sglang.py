@@ -36,7 +36,7 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
         return [ctx.python(host), *base, *group.extra_args, *role, *dist]
 
     procs = [
-        leader_spec(ctx, replica, path, argv(leader_host, 0), kind="worker" if group.role is Role.AGGREGATED else None,
+        leader_spec(ctx, replica, path, argv(leader_host, 0),
                     ports=[(group.master_port, path + ("master_port",))] if replica.multi_node else [])  # fmt: skip
     ]
     gate = Gate(probe=ctx.tcp(group.health, leader_address, group.master_port))

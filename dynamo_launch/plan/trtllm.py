@@ -33,7 +33,7 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
     if group.role is not Role.AGGREGATED:
         worker += ["--disaggregation-mode", group.role.value]
     if not replica.multi_node:
-        return [leader_spec(ctx, replica, path, worker, kind="worker" if group.role is Role.AGGREGATED else None)]
+        return [leader_spec(ctx, replica, path, worker)]
 
     hosts = ",".join(f"{ctx.inv.host(n.host).address}:{replica.gpus_per_node}" for n in replica.nodes)
     ssh = ctx.inv.host(leader_host).ssh

@@ -61,7 +61,7 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
     dp = group.data_parallel_size
     if not replica.multi_node:
         tail = (["--data-parallel-size", str(dp)] if dp > 1 else []) + [*group.extra_args, *role_flags(ctx, replica)]
-        return [leader_spec(ctx, replica, path, argv_for(leader_host, tail), env=host_env(leader_host), kind="worker" if group.role is Role.AGGREGATED else None)]
+        return [leader_spec(ctx, replica, path, argv_for(leader_host, tail), env=host_env(leader_host))]
 
     n = len(replica.nodes)
     if group.executor is Executor.RAY:

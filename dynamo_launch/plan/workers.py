@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..model import EnvValue
+from ..model import EnvValue, Role
 from ..placement import Node, Replica
 from ..tomlpos import KeyPath
 from .context import Context
@@ -49,7 +49,7 @@ def leader_spec(
     return ctx.spec(
         name=replica.name,
         host=node.host,
-        kind=kind or group.role.value,
+        kind=kind or ("worker" if group.role is Role.AGGREGATED else group.role.value),
         argv=argv,
         origin=path,
         restart=group.restart,

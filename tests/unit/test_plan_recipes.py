@@ -1,0 +1,196 @@
+"""Recipe details that the golden examples do not pin on their own."""
+
+from __future__ import annotations
+
+import textwrap
+
+from dynamo_launch.inventory import parse
+from dynamo_launch.plan import build
+from dynamo_launch.plan.spec import ProbeKind
+
+HOSTS = """
+[[hosts]]
+name = "a"
+address = "10.0.0.1"
+gpus = 8
+
+[[hosts]]
+name = "b"
+address = "10.0.0.2"
+gpus = 8
+"""
+
+
+def _plan(body: str, *, version: str = "1.6.1", extra_cluster: str = ""):
+    text = textwrap.dedent(
+        f"""
+        [cluster]
+        name = "t"
+        head = "a"
+        state_dir = "/srv/dl"
+        dynamo_version = "{version}"
+        {extra_cluster}
+        """
+    ) + HOSTS + textwrap.dedent(body)
+    return build(parse(text, "/etc/dl/t.toml"))
+
+
+DISAGG = """
+[[workers]]
+name = "decode"
+backend = "{backend}"
+role = "decode"
+model = "m"
+hosts = ["a"]
+
+[[workers]]
+name = "prefill"
+backend = "{backend}"
+role = "prefill"
+model = "m"
+hosts = ["b"]
+"""
+
+
+def test_vllm_role_flags_from_1_0_use_disaggregation_mode_and_nixl() -> None:
+    plan = _plan(DISAGG.format(backend="vllm"))
+    prefill = plan.process("prefill-0").argv
+    decode = plan.process("decode-0").argv
+    assert prefill[prefill.index("--disaggregation-mode") + 1] == "prefill"
+    assert "NixlConnector" in prefill[prefill.index("--kv-transfer-config") + 1]
+    assert decode[decode.index("--disaggregation-mode") + 1] == "decode"
+    assert "--is-prefill-worker" not in prefill
+
+
+def test_vllm_role_flags_before_1_0_use_is_prefill_worker() -> None:
+    plan = _plan(DISAGG.format(backend="vllm"), version="0.9.0")
+    assert plan.process("prefill-0").argv[-1] == "--is-prefill-worker"
+    assert not any(a.startswith("--disagg") or a.startswith("--is-") for a in plan.process("decode-0").argv)
+
+
+def test_user_kv_transfer_config_is_not_doubled() -> None:
+    body = DISAGG.format(backend="vllm").replace('role = "prefill"', 'role = "prefill"\nextra_args = ["--kv-transfer-config", "{}"]')
+    argv = _plan(body).process("prefill-0").argv
+    assert argv.count("--kv-transfer-config") == 1
+
+
+def test_mocker_role_flags_follow_the_version() -> None:
+    modern = _plan(DISAGG.format(backend="mocker"))
+    legacy = _plan(DISAGG.format(backend="mocker"), version="0.8.1")
+    assert modern.process("prefill-0").argv[-2:] == ("--disaggregation-mode", "prefill")
+    assert legacy.process("prefill-0").argv[-1] == "--is-prefill-worker"
+    assert legacy.process("decode-0").argv[-1] == "--is-decode-worker"
+    assert modern.process("decode-0").argv[:3][1:] == ("-m", "dynamo.mocker")
+
+
+def test_sglang_and_trtllm_roles() -> None:
+    sglang = _plan(DISAGG.format(backend="sglang"))
+    trtllm = _plan(DISAGG.format(backend="trtllm"))
+    assert sglang.process("prefill-0").argv[-2:] == ("--disaggregation-mode", "prefill")
+    assert trtllm.process("decode-0").argv[-2:] == ("--disaggregation-mode", "decode")
+
+
+def test_two_groups_sharing_a_host_get_disjoint_gpu_slices() -> None:
+    plan = _plan(
+        """
+        [[workers]]
+        name = "decode"
+        backend = "vllm"
+        role = "decode"
+        model = "m"
+        tensor_parallel_size = 4
+        hosts = ["a"]
+
+        [[workers]]
+        name = "prefill"
+        backend = "vllm"
+        role = "prefill"
+        model = "m"
+        tensor_parallel_size = 2
+        replicas = 2
+        hosts = ["a"]
+        """
+    )
+    env = {p.name: {e.name: e.value for e in p.env} for p in plan.processes}
+    assert env["decode-0"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert env["prefill-0"]["CUDA_VISIBLE_DEVICES"] == "4,5"
+    assert env["prefill-1"]["CUDA_VISIBLE_DEVICES"] == "6,7"
+    ports = [env[n]["DYN_SYSTEM_PORT"] for n in ("decode-0", "prefill-0", "prefill-1")]
+    assert ports == ["9090", "9091", "9092"]
+
+
+def test_whole_host_replicas_do_not_set_cuda_visible_devices() -> None:
+    plan = _plan('[[workers]]\nname = "w"\nbackend = "vllm"\nmodel = "m"\ntensor_parallel_size = 8\nhosts = ["a", "b"]\n')
+    assert all("CUDA_VISIBLE_DEVICES" not in {e.name for e in p.env} for p in plan.processes)
+    assert [p.host for p in plan.processes if p.name.startswith("w-")] == ["a", "b"]
+
+
+def test_vllm_cache_root_is_shared_by_vllm_processes() -> None:
+    plan = _plan(
+        '[[workers]]\nname = "w"\nbackend = "vllm"\nmodel = "m"\ntensor_parallel_size = 16\nhosts = ["a", "b"]\n',
+        extra_cluster='vllm_cache_root = "/shared/vllm-cache"',
+    )
+    for name in ("w-0", "w-0-rank1"):
+        assert {e.name: e.value for e in plan.process(name).env}["VLLM_CACHE_ROOT"] == "/shared/vllm-cache"
+
+
+def test_user_env_overrides_derived_env() -> None:
+    plan = _plan(
+        '[env]\nNCCL_DEBUG = "INFO"\n'
+        '[[workers]]\nname = "w"\nbackend = "vllm"\nmodel = "m"\ntensor_parallel_size = 8\nhosts = ["a"]\n'
+        '[workers.env]\nVLLM_HOST_IP = "192.0.2.7"\n'
+    )
+    env = {e.name: e.value for e in plan.process("w-0").env}
+    assert env["VLLM_HOST_IP"] == "192.0.2.7" and env["NCCL_DEBUG"] == "INFO"
+
+
+def test_external_nats_and_etcd_are_not_started_and_not_waited_for() -> None:
+    plan = _plan(
+        '[nats]\nexternal = "nats://192.0.2.10:4222"\n[etcd]\nexternal = "http://192.0.2.10:2379"\n'
+        '[frontend]\n'
+    )
+    assert [p.name for p in plan.processes] == ["frontend"]
+    front = plan.process("frontend")
+    assert front.depends_on == ()
+    assert {e.name: e.value for e in front.env}["NATS_SERVER"] == "nats://192.0.2.10:4222"
+
+
+def test_generic_process_dependencies_gangs_and_probes() -> None:
+    plan = _plan(
+        """
+        [[processes]]
+        name = "svc"
+        hosts = ["a", "b"]
+        command = ["srv", "--port", "7000"]
+        [processes.health]
+        check = "tcp"
+        port = 7000
+
+        [[processes]]
+        name = "lead"
+        host = "a"
+        command = ["x"]
+        gang = "pair"
+        depends_on = ["svc", "nats"]
+
+        [[processes]]
+        name = "follow"
+        host = "b"
+        command = ["y"]
+        gang = "pair"
+        depends_on = ["lead"]
+        """
+    )
+    lead = plan.process("lead")
+    assert [g.process for g in lead.depends_on] == ["svc-a", "svc-b", "nats"]
+    assert plan.process("svc-b").readiness.kind is ProbeKind.TCP and plan.process("svc-b").readiness.address == "10.0.0.2"
+    assert lead.readiness.kind is ProbeKind.PROCESS and lead.liveness is None
+    (gang,) = plan.gangs
+    assert gang.members == ("lead", "follow")
+    names = [p.name for p in plan.processes]
+    assert names.index("svc-b") < names.index("lead") < names.index("follow")
+
+
+def test_plan_is_deterministic() -> None:
+    body = DISAGG.format(backend="vllm")
+    assert _plan(body) == _plan(body)
