@@ -81,7 +81,7 @@ def parse(text: str, source: str = "inventory.toml") -> Inventory:
     r = Reader(LineMap(text), source)
     base_dir = os.path.dirname(os.path.abspath(source)) if source else ""
     inventory = _Loader(r, base_dir).inventory(raw, source)
-    if not r.problems and inventory is not None:
+    if inventory is not None:  # a model despite local problems (typos): check it too, report all at once
         checks.validate(inventory, r)
     if r.problems:
         raise InventoryError(r.problems)

@@ -1,0 +1,55 @@
+"""Resolving secret references at launch time, on the head.
+
+The plan carries :class:`~dynamo_launch.model.SecretRef` values; only here do
+they become strings, right before a spawn, and the strings go nowhere but the
+agent's ``spawn`` request (never the state file, the log, events or status).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from .errors import DynamoLaunchError
+from .model import SecretRef
+from .plan.spec import Env
+
+__all__ = ["SecretError", "check", "resolve"]
+
+
+class SecretError(DynamoLaunchError):
+    """A secret reference cannot be resolved."""
+
+
+def _value(ref: SecretRef, environ: Mapping[str, str]) -> str:
+    if ref.kind == "env":
+        if ref.ref not in environ:
+            raise SecretError(f"${{{ref.ref}}} is not set in the daemon's environment")
+        return environ[ref.ref]
+    try:
+        with open(ref.ref, encoding="utf-8") as f:
+            return f.read().rstrip("\n")
+    except OSError as e:
+        raise SecretError(f"file:{ref.ref}: {e.strerror or e}") from None
+
+
+def resolve(env: tuple[Env, ...], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process with every reference replaced by its value."""
+    environ = os.environ if environ is None else environ
+    return {e.name: _value(e.value, environ) if isinstance(e.value, SecretRef) else e.value for e in env}
+
+
+def check(envs: list[tuple[str, tuple[Env, ...]]], environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per unresolvable reference, naming the process and variable (for preflight)."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    seen: set[tuple[str, str]] = set()
+    for process, env in envs:
+        for e in env:
+            if isinstance(e.value, SecretRef) and (e.name, str(e.value)) not in seen:
+                try:
+                    _value(e.value, environ)
+                except SecretError as err:
+                    seen.add((e.name, str(e.value)))
+                    problems.append(f"{process}: {e.name}: {err}")
+    return problems

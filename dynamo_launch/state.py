@@ -1,0 +1,76 @@
+"""The daemon's source of truth on disk: an atomically replaced, fsync'd JSON file.
+
+Every process record is written *before* the process is reported started, so
+a daemon killed at any instant finds, on restart, every process it may have
+left running (DESIGN §2). The file is replaced with write-to-temp, fsync,
+rename, fsync-of-directory: a reader sees the old or the new state, never a
+torn one, even across a power cut. Owner-only permissions: it names hosts,
+pids and commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["StateFile", "atomic_write"]
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateFile:
+    """``<state_dir>/state.json``: cluster, launch id and one record per process."""
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, "state.json")
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none (a corrupt file raises ValueError)."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: not a state file")
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Write ``data`` atomically (see module docstring)."""
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def remove(self) -> None:
+        """Forget the state (after a clean ``down``)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,203 @@
+"""Client of the node agent (``dynamo_launch/agent.py``; protocol in docs/internals.md).
+
+One agent per host, over one long-lived channel of the host's transport. Requests carry an
+``id``; the response with that id resolves the request's future. Lines without an ``id`` are
+events and go to a queue read through :meth:`AgentClient.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+import structlog
+
+from ..errors import AgentError, ChannelClosed, CommandTimeout, DynamoLaunchError, TransportError
+from .base import Channel, Transport
+
+__all__ = ["AgentClient", "agent_source"]
+
+log = structlog.get_logger(__name__)
+
+# Exit 0 when argv[1] exists and its SHA-256 is argv[2]: the cheap check before an upload.
+_CHECK_PY = """\
+import hashlib, sys
+try:
+    with open(sys.argv[1], "rb") as f:
+        data = f.read()
+except OSError:
+    sys.exit(1)
+sys.exit(0 if hashlib.sha256(data).hexdigest() == sys.argv[2] else 1)
+"""
+
+_END = object()  # end of the event stream
+
+
+def agent_source() -> bytes:
+    """The node agent's source, as shipped in this package."""
+    path = Path(__file__).resolve().parent.parent / "agent.py"
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DynamoLaunchError(f"node agent source {path} unreadable: {e.strerror}") from None
+
+
+class AgentClient:
+    """Uploads (when needed), starts and talks to the node agent on ``transport``'s host.
+
+    ``source`` overrides the agent code (tests); by default it is :func:`agent_source`.
+    """
+
+    def __init__(self, transport: Transport, state_dir: str, python: str, *, source: bytes | None = None):
+        self.transport = transport
+        self.state_dir = state_dir
+        self.python = python
+        self._source = source
+        self.path: str | None = None
+        self.info: dict[str, Any] = {}
+        self._channel: Channel | None = None
+        self._reader: asyncio.Task | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._closing = False
+        self._dead: ChannelClosed | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and the end of the agent's channel."""
+        return self._channel is not None and self._dead is None
+
+    async def start(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Upload the agent if that version is not on the host yet, start it, return ``hello``."""
+        source = self._source if self._source is not None else agent_source()
+        digest = hashlib.sha256(source).hexdigest()
+        self.path = f"{self.state_dir.rstrip('/') or '/'}/agent-{digest[:12]}.py"
+        check = await self.transport.run([self.python, "-I", "-c", _CHECK_PY, self.path, digest], timeout=timeout)
+        if check.code != 0:
+            await self.transport.upload(self.path, source, 0o644, timeout=timeout)
+        self._channel = await self.transport.start([self.python, self.path, "serve", "--state-dir", self.state_dir])
+        self._reader = asyncio.create_task(self._read_loop(self._channel))
+        try:
+            self.info = await self.call("hello", timeout=timeout)
+        except BaseException:
+            await self.close()
+            raise
+        return self.info
+
+    async def call(self, op: str, /, timeout: float = 30.0, *, args: Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> Any:
+        """Send request ``op`` and return its ``result``.
+
+        Arguments are ``kwargs``, plus ``args`` for names that clash with this method's own
+        (``exec`` takes a ``timeout``: ``call("exec", args={"argv": [...], "timeout": 5}, timeout=10)``).
+        Raises :class:`AgentError` for ``ok: false``, :class:`ChannelClosed` when the agent is
+        gone, :class:`CommandTimeout` when no answer comes within ``timeout`` seconds.
+        """
+        if self._dead is not None:
+            raise self._dead
+        if self._channel is None:
+            raise ChannelClosed(f"{self.transport.describe()}: agent not started", host=self.transport.host)
+        arguments = {**(args or {}), **kwargs}
+        if "id" in arguments or "op" in arguments:
+            raise ValueError("'id' and 'op' are reserved request fields")
+        request_id = next(self._ids)
+        request = {"id": request_id, "op": op, **arguments}
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._channel.write_line(json.dumps(request, separators=(",", ":")))
+            response = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise CommandTimeout(
+                f"{self.transport.describe()}: agent gave no answer to {op!r} within {timeout:g}s",
+                host=self.transport.host, timeout=timeout,
+            ) from None
+        except ChannelClosed:
+            raise self._dead or ChannelClosed(
+                f"{self.transport.describe()}: agent channel closed", host=self.transport.host) from None
+        finally:
+            self._pending.pop(request_id, None)
+        if response.get("ok"):
+            return response.get("result")
+        raise AgentError(
+            str(response.get("kind") or "error"),
+            f"{self.transport.describe()}: agent {op}: {' '.join(str(response.get('error') or 'failed').split())}",
+            op=op, host=self.transport.host,
+        )
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Agent events, in order, until the agent ends (one consumer).
+
+        Ends quietly after :meth:`close`; raises :class:`ChannelClosed` when the agent died.
+        """
+        while True:
+            item = await self._events.get()
+            if item is _END:
+                self._events.put_nowait(_END)  # later calls end too
+                if self._dead is not None and not self._closing:
+                    raise self._dead
+                return
+            yield item
+
+    async def close(self) -> None:
+        """Stop the agent (EOF on its stdin; killed if it lingers); fail pending calls."""
+        self._closing = True
+        channel = self._channel
+        if channel is not None:
+            with contextlib.suppress(TransportError):
+                await channel.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._reader, 2.0)
+        self._finish(ChannelClosed(f"{self.transport.describe()}: agent closed", host=self.transport.host))
+
+    async def _read_loop(self, channel: Channel) -> None:
+        why = "end of output"
+        try:
+            while True:
+                line = await channel.read_line()
+                if line is None:
+                    break
+                self._dispatch(line)
+        except TransportError as e:
+            why = str(e)
+        finally:
+            if self._dead is None:
+                code = channel.returncode
+                tail = channel.stderr_tail()
+                msg = f"{self.transport.describe()}: agent channel closed ({why}"
+                msg += f"; exit status {code})" if code is not None else ")"
+                self._finish(ChannelClosed(msg + (f": {tail}" if tail else ""), host=self.transport.host))
+
+    def _dispatch(self, line: str) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            log.warning("agent sent a non-JSON line", host=self.transport.host, line=line[:200])
+            return
+        if not isinstance(msg, dict):
+            log.warning("agent sent a non-object", host=self.transport.host, line=line[:200])
+        elif "id" in msg:
+            future = self._pending.get(msg["id"])
+            if future is not None and not future.done():
+                future.set_result(msg)
+        elif "event" in msg:
+            self._events.put_nowait(msg)
+        else:
+            log.warning("agent sent an unknown message", host=self.transport.host, line=line[:200])
+
+    def _finish(self, error: ChannelClosed) -> None:
+        if self._dead is not None:
+            return
+        self._dead = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        self._events.put_nowait(_END)

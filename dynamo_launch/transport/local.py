@@ -1,0 +1,216 @@
+"""Local transport: the head node itself, through asyncio subprocesses (argv, never a shell)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Mapping, Sequence
+
+from ..errors import ChannelClosed, CommandTimeout, TransportError
+from ..plan.spec import PlanHost
+from .base import Channel, Completed, StderrTail, Transport, check_argv, check_env
+
+__all__ = ["LocalTransport"]
+
+_LINE_LIMIT = 64 * 1024 * 1024  # agent responses (`list`, `exec`) can be long lines
+
+
+def _killpg(pid: int, sig: int) -> None:
+    # Children run in their own session (start_new_session), so pgid == pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class _LocalChannel(Channel):
+    """A local child process spoken to in lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, owner: "LocalTransport"):
+        self._proc = proc
+        self._owner = owner
+        self._tail = StderrTail()
+        assert proc.stderr is not None
+        self._stderr_task = asyncio.create_task(self._tail.drain(proc.stderr.readline))
+        self._closed = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def stderr_tail(self) -> str:
+        return self._tail.text()
+
+    def _gone(self, what: str) -> ChannelClosed:
+        code = self._proc.returncode
+        status = f"exit status {code}" if code is not None else "still running"
+        tail = self._tail.text()
+        return ChannelClosed(
+            f"{self._owner.describe()}: channel closed ({what}; {status})" + (f": {tail}" if tail else ""),
+            host=self._owner.host,
+        )
+
+    async def write_line(self, line: str) -> None:
+        if "\n" in line:
+            raise ValueError("a line must not contain a newline")
+        if self._closed:
+            raise self._gone("closed by us")
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError) as e:
+            raise self._gone(f"write failed: {e}") from None
+
+    async def read_line(self) -> str | None:
+        assert self._proc.stdout is not None
+        try:
+            data = await self._proc.stdout.readline()
+        except ValueError as e:  # longer than the stream limit
+            raise TransportError(f"{self._owner.describe()}: channel line too long: {e}", host=self._owner.host) from None
+        if not data:
+            return None
+        return data[:-1].decode("utf-8", "replace") if data.endswith(b"\n") else data.decode("utf-8", "replace")
+
+    async def close(self, grace: float = 2.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._owner._channels.discard(self)
+        proc = self._proc
+        if proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 1.0)
+            except asyncio.TimeoutError:
+                _killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stderr_task, 1.0)
+
+
+class LocalTransport(Transport):
+    """Runs commands on this machine. ``connect`` is a no-op; ``lost`` is never set.
+
+    Every child gets its own session (``setsid``): a terminal's Ctrl-C does not reach it, and
+    a timeout kills its whole process group.
+    """
+
+    def __init__(self, host: PlanHost | None = None, *, name: str = "local", python: str | None = None):
+        super().__init__(host.name if host else name, python or (host.python if host else sys.executable))
+        self._closed = False
+        self._channels: set[_LocalChannel] = set()
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed
+
+    def describe(self) -> str:
+        return f"{self.host} (local)"
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
+        argv = check_argv(argv)
+        extra = check_env(env)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **extra} if extra else None,
+                start_new_session=True,
+            )
+        except (FileNotFoundError, NotADirectoryError) as e:  # what a shell reports as 127
+            return Completed(127, b"", f"{argv[0]}: {e.strerror}\n".encode())
+        except PermissionError as e:
+            return Completed(126, b"", f"{argv[0]}: {e.strerror}\n".encode())
+        except OSError as e:
+            raise TransportError(f"{self.describe()}: cannot run {argv[0]}: {e.strerror or e}", host=self.host) from None
+
+        out, err = bytearray(), bytearray()
+
+        async def pump(stream: asyncio.StreamReader | None, buf: bytearray) -> None:
+            assert stream is not None
+            while chunk := await stream.read(65536):
+                buf += chunk
+
+        async def feed() -> None:
+            if input is None or proc.stdin is None:
+                return
+            try:
+                proc.stdin.write(input)
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the command does not want (all of) its input: not our error
+            finally:
+                proc.stdin.close()
+
+        tasks = [asyncio.create_task(pump(proc.stdout, out)), asyncio.create_task(pump(proc.stderr, err)),
+                 asyncio.create_task(feed())]
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks, proc.wait()), timeout)
+        except asyncio.TimeoutError:
+            _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            await _settle(tasks)
+            raise CommandTimeout(
+                f"{self.describe()}: command timed out after {timeout:g}s and was killed: {argv[0]}",
+                host=self.host, timeout=timeout or 0.0, stdout=bytes(out), stderr=bytes(err),
+            ) from None
+        except BaseException:  # cancelled: leave nothing behind
+            _killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(proc.wait())
+            for t in tasks:
+                t.cancel()
+            raise
+        return Completed(proc.returncode, bytes(out), bytes(err))
+
+    async def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Channel:
+        argv = check_argv(argv)
+        extra = check_env(env)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **extra} if extra else None,
+                start_new_session=True,
+                limit=_LINE_LIMIT,
+            )
+        except OSError as e:
+            raise TransportError(f"{self.describe()}: cannot start {argv[0]}: {e.strerror or e}", host=self.host) from None
+        channel = _LocalChannel(proc, self)
+        self._channels.add(channel)
+        return channel
+
+    async def close(self) -> None:
+        self._closed = True
+        for channel in list(self._channels):
+            await channel.close()
+
+
+async def _settle(tasks: list[asyncio.Task], wait: float = 0.5) -> None:
+    """Give output pumps a moment to read what is left, then cancel them."""
+    _, pending = await asyncio.wait(tasks, timeout=wait)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)

@@ -1,0 +1,375 @@
+"""LocalTransport and AgentClient over local subprocesses (no mocks: real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dynamo_launch.errors import AgentError, ChannelClosed, CommandTimeout, TransportError
+from dynamo_launch.model import SshSettings
+from dynamo_launch.plan.spec import PlanHost
+from dynamo_launch.transport import (
+    AgentClient,
+    LocalTransport,
+    SshTransport,
+    make_transport,
+    remote_command,
+)
+
+PY = sys.executable
+AGENT = Path(__file__).resolve().parents[2] / "dynamo_launch" / "agent.py"
+
+# Each hostile string must reach argv unchanged and nothing in it may ever be evaluated.
+HOSTILE = ["a b", "; $(touch {pwned}) `touch {pwned}`", "'", '"', "\\", "$HOME", "*", "", "x\ny", "--", "-c", "é ☃"]
+
+ECHO_ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
+
+
+def arun(coro, timeout: float = 20):
+    """Run ``coro`` to completion on a fresh loop (no pytest-asyncio here)."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def hostile(tmp_path: Path) -> list[str]:
+    return [s.format(pwned=tmp_path / "pwned") for s in HOSTILE]
+
+
+# A stand-in speaking the agent protocol (docs/internals.md), for what must hold with any agent.
+FAKE_AGENT = r'''
+import json, os, subprocess, sys, threading, time
+write_lock = threading.Lock()
+def send(msg):
+    with write_lock:
+        sys.stdout.write(json.dumps(msg) + "\n"); sys.stdout.flush()
+def watch(name, proc):
+    code = proc.wait()
+    send({"event": "exit", "name": name, "pid": proc.pid, "code": code if code >= 0 else None,
+          "signal": -code if code < 0 else None, "at": time.time()})
+print("fake agent up", file=sys.stderr, flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    rid, op = req["id"], req["op"]
+    if op == "hello":
+        send({"id": rid, "ok": True, "result": {"pid": os.getpid(), "argv": sys.argv[1:], "version": "fake"}})
+    elif op == "ping":
+        send({"id": rid, "ok": True, "result": {"time": time.time()}})
+    elif op == "echo":
+        send({"id": rid, "ok": True, "result": {k: v for k, v in req.items() if k not in ("id", "op")}})
+    elif op == "spawn":
+        p = subprocess.Popen(req["argv"])
+        threading.Thread(target=watch, args=(req["name"], p), daemon=True).start()
+        send({"id": rid, "ok": True, "result": {"pid": p.pid}})
+    elif op == "slow":
+        continue  # never answers
+    elif op == "die":
+        print("dying on request", file=sys.stderr, flush=True)
+        os._exit(3)
+    else:
+        send({"id": rid, "ok": False, "error": "unknown op " + op, "kind": "bad-request"})
+'''
+
+
+def local_host(**kw) -> PlanHost:
+    return PlanHost(name=kw.pop("name", "head"), address="127.0.0.1", local=True, ssh=SshSettings(), python=PY, **kw)
+
+
+# ---- run ---------------------------------------------------------------------------------------
+def test_run_exit_code_stdout_stderr():
+    async def go():
+        t = LocalTransport()
+        r = await t.run([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"])
+        assert (r.code, r.stdout, r.stderr, r.ok) == (3, b"out\n", b"err\n", False)
+        assert (await t.run(["true"])).ok
+
+    arun(go())
+
+
+def test_run_feeds_input_and_env():
+    async def go():
+        t = LocalTransport()
+        r = await t.run([PY, "-c", "import os, sys; sys.stdout.write(os.environ['X_Y'] + sys.stdin.read())"],
+                        input=b"data\x00\xff" * 50_000, env={"X_Y": "v;$(x)"})
+        assert r.code == 0 and r.stdout == b"v;$(x)" + b"data\x00\xff" * 50_000
+        r = await t.run(["cat"])  # no input: stdin is empty, not inherited
+        assert r == type(r)(0, b"", b"")
+
+    arun(go())
+
+
+def test_run_missing_program_is_127_like_a_shell():
+    r = arun(LocalTransport().run(["/nonexistent/prog", "x"]))
+    assert r.code == 127 and b"/nonexistent/prog" in r.stderr
+
+
+def test_run_killed_by_signal_is_negative():
+    r = arun(LocalTransport().run(["sh", "-c", "kill -KILL $$"]))
+    assert r.code == -9
+
+
+def test_run_timeout_kills_the_process_group(tmp_path):
+    pidfile = tmp_path / "pid"
+    script = (f"import os, subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); print('partial', flush=True); time.sleep(60)")
+
+    async def go():
+        t0 = time.monotonic()
+        with pytest.raises(CommandTimeout) as ei:
+            await LocalTransport(name="n1").run([PY, "-c", script], timeout=1.0)
+        assert time.monotonic() - t0 < 3
+        return ei.value
+
+    e = arun(go())
+    assert "n1 (local)" in str(e) and "timed out after 1s" in str(e) and "\n" not in str(e)
+    assert e.stdout == b"partial\n" and e.timeout == 1.0
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and _alive(grandchild):
+        time.sleep(0.02)
+    assert not _alive(grandchild), "the timed-out command's children must be killed too"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_hostile_argv_arrives_unchanged(tmp_path):
+    args = hostile(tmp_path)
+    r = arun(LocalTransport().run([PY, "-c", ECHO_ARGV, *args]))
+    assert json.loads(r.stdout) == args
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_remote_command_is_split_back_by_a_posix_shell(tmp_path):
+    """What SSH does with argv (``$SHELL -c <string>``), checked with local shells."""
+    args = hostile(tmp_path)
+
+    async def go():
+        t = LocalTransport()
+        for shell in ("sh", "bash"):
+            cmd = remote_command([PY, "-c", ECHO_ARGV, *args], env={"A_B": "it's $(x)"})
+            r = await t.run([shell, "-c", cmd + ' && printf "%s" "$A_B"'.replace("$A_B", "${A_B-unset}")])
+            out = r.stdout.decode().splitlines()
+            assert json.loads(out[0]) == args and out[1] == "unset"  # env applies to argv only
+            r = await t.run([shell, "-c", remote_command(["sh", "-c", 'printf "%s" "$A_B"'], env={"A_B": "it's $(x)"})])
+            assert r.stdout == b"it's $(x)"
+
+    arun(go())
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_remote_command_rejects_bad_argv_and_env():
+    for bad in ([], "ls -l", [b"ls"], ["a\0b"]):
+        with pytest.raises(ValueError):
+            remote_command(bad)
+    for env in ({"A-B": "x"}, {"1A": "x"}, {"A": 1}, {"": "x"}):
+        with pytest.raises(ValueError):
+            remote_command(["true"], env)
+
+
+# ---- channels ----------------------------------------------------------------------------------
+LINE_ECHO = ("import sys\nprint('starting', file=sys.stderr, flush=True)\n"
+             "for line in sys.stdin:\n    print('got:' + line.rstrip('\\n'), flush=True)\n"
+             "print('bye', file=sys.stderr, flush=True)\nsys.exit(5)")
+
+
+def test_channel_line_io_and_eof():
+    async def go():
+        t = LocalTransport()
+        ch = await t.start([PY, "-c", LINE_ECHO])
+        assert ch.returncode is None
+        for text in ("hello", "", "é ☃ $(x) 'q'", "x" * 200_000):
+            await ch.write_line(text)
+            assert await ch.read_line() == "got:" + text
+        with pytest.raises(ValueError):
+            await ch.write_line("two\nlines")
+        await ch.close()
+        assert ch.returncode == 5
+        assert await ch.read_line() is None
+        assert "starting" in ch.stderr_tail() and "bye" in ch.stderr_tail()
+        with pytest.raises(ChannelClosed):
+            await ch.write_line("late")
+        await ch.close()  # idempotent
+
+    arun(go())
+
+
+def test_channel_close_kills_a_process_that_ignores_eof():
+    async def go():
+        t = LocalTransport()
+        ch = await t.start([PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        t0 = time.monotonic()
+        await ch.close(grace=0.2)
+        assert time.monotonic() - t0 < 3
+        assert ch.returncode == -9
+
+    arun(go())
+
+
+def test_channel_write_to_dead_process_raises_channel_closed():
+    async def go():
+        ch = await LocalTransport().start([PY, "-c", "import sys; print('oops', file=sys.stderr)"])
+        while await ch.read_line() is not None:
+            pass
+        await asyncio.sleep(0.1)
+        with pytest.raises(ChannelClosed, match="oops"):
+            for _ in range(100):  # the first write may still land in the pipe buffer
+                await ch.write_line("x" * 4096)
+        await ch.close()
+
+    arun(go())
+
+
+def test_transport_close_closes_channels():
+    async def go():
+        t = LocalTransport()
+        ch = await t.start(["cat"])
+        await t.close()
+        assert ch.returncode is not None and not t.connected
+
+    arun(go())
+
+
+# ---- upload ------------------------------------------------------------------------------------
+def test_upload_creates_parents_sets_mode_and_replaces_atomically(tmp_path):
+    target = tmp_path / "a" / "b c" / "file;$(x).bin"
+
+    async def go():
+        t = LocalTransport()
+        await t.upload(str(target), b"one\x00" * 1000, 0o600)
+        assert target.read_bytes() == b"one\x00" * 1000
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        with open(target, "rb") as old:  # a reader of the old version keeps it whole
+            await t.upload(str(target), b"two", 0o755)
+            assert old.read() == b"one\x00" * 1000
+        assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o755
+        await t.upload(str(target), b"", 0o644)
+        assert target.read_bytes() == b""
+
+    arun(go())
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name], "no temp files left behind"
+
+
+def test_upload_failure_is_a_transport_error(tmp_path):
+    (tmp_path / "f").write_text("a file, not a directory")
+    with pytest.raises(TransportError, match=r"head \(local\): upload of .* failed: .*Error"):
+        arun(LocalTransport(local_host()).upload(str(tmp_path / "f" / "x"), b"data"))
+
+
+def test_make_transport_picks_by_host():
+    assert isinstance(make_transport(local_host()), LocalTransport)
+    remote = PlanHost(name="n2", address="10.0.0.2", local=False, ssh=SshSettings(port=2222, user="u"), python="python3")
+    t = make_transport(remote, max_channels=4)
+    assert isinstance(t, SshTransport) and t.describe() == "n2 (u@10.0.0.2:2222)" and not t.connected
+
+
+# ---- agent client ------------------------------------------------------------------------------
+def test_agent_client_with_a_protocol_stand_in(tmp_path):
+    state = tmp_path / "state dir"
+
+    async def go():
+        t = LocalTransport(local_host())
+        agent = AgentClient(t, str(state), PY, source=FAKE_AGENT.encode())
+        hello = await agent.start()
+        assert hello["argv"] == ["serve", "--state-dir", str(state)]
+        assert agent.path and Path(agent.path).parent == state and Path(agent.path).name.startswith("agent-")
+        assert "time" in await agent.call("ping")
+        # many calls in flight at once are matched by id
+        results = await asyncio.gather(*(agent.call("echo", n=i) for i in range(50)))
+        assert [r["n"] for r in results] == list(range(50))
+        assert await agent.call("echo", args={"timeout": 5}, timeout=5) == {"timeout": 5}
+        with pytest.raises(ValueError):
+            await agent.call("echo", args={"op": "x"})
+        with pytest.raises(AgentError) as ei:
+            await agent.call("nope")
+        assert ei.value.kind == "bad-request" and "unknown op nope" in str(ei.value)
+        with pytest.raises(CommandTimeout):
+            await agent.call("slow", timeout=0.2)
+        await agent.call("spawn", name="w", argv=[PY, "-c", "raise SystemExit(7)"])
+        events = agent.events()
+        ev = await asyncio.wait_for(events.__anext__(), 5)
+        assert ev["event"] == "exit" and ev["name"] == "w" and ev["code"] == 7
+        # the agent dies: pending and later calls fail, the event stream ends with the reason
+        pending = asyncio.ensure_future(agent.call("slow", timeout=10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ChannelClosed):
+            await agent.call("die")
+        with pytest.raises(ChannelClosed, match="dying on request"):
+            await pending
+        with pytest.raises(ChannelClosed):
+            await agent.call("ping")
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(events.__anext__(), 5)
+        assert not agent.running
+        await agent.close()
+
+    arun(go())
+
+
+def test_agent_client_uploads_only_when_missing_or_different(tmp_path):
+    async def start_once(source: bytes) -> str:
+        agent = AgentClient(LocalTransport(local_host()), str(tmp_path), PY, source=source)
+        await agent.start()
+        await agent.close()
+        assert agent.path is not None
+        return agent.path
+
+    path = Path(arun(start_once(FAKE_AGENT.encode())))
+    os.utime(path, (1, 1))
+    assert arun(start_once(FAKE_AGENT.encode())) == str(path) and path.stat().st_mtime == 1  # not re-uploaded
+    path.write_bytes(b"corrupt")
+    os.utime(path, (1, 1))
+    assert arun(start_once(FAKE_AGENT.encode())) == str(path) and path.read_bytes() == FAKE_AGENT.encode()
+    other = Path(arun(start_once(FAKE_AGENT.encode() + b"\n# v2\n")))
+    assert other != path and other.parent == tmp_path
+
+
+def test_agent_close_ends_events_quietly(tmp_path):
+    async def go():
+        agent = AgentClient(LocalTransport(), str(tmp_path), PY, source=FAKE_AGENT.encode())
+        await agent.start()
+        events = agent.events()
+        waiter = asyncio.ensure_future(events.__anext__())
+        await agent.close()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiter, 5)
+
+    arun(go())
+
+
+@pytest.mark.skipif(not AGENT.exists(), reason="dynamo_launch/agent.py not written yet")
+def test_agent_client_with_the_real_agent(tmp_path):
+    state = tmp_path / "state"
+
+    async def go():
+        agent = AgentClient(LocalTransport(local_host()), str(state), PY)
+        hello = await agent.start()
+        assert hello["pid"] > 0 and hello["boot_id"]
+        assert "time" in await agent.call("ping")
+        result = await agent.call(
+            "spawn", name="short", argv=[PY, "-c", "import sys; print('hi'); sys.exit(4)"], env={}, cwd=str(tmp_path),
+            log_file=str(state / "logs" / "short.log"), launch_id="L1", generation=1, log_max_bytes=1 << 20,
+            log_backups=2,
+        )
+        assert result["pid"] > 0
+        events = agent.events()
+        while True:
+            ev = await asyncio.wait_for(events.__anext__(), 10)
+            if ev.get("event") == "exit" and ev.get("name") == "short":
+                break
+        assert ev["code"] == 4 and ev["pid"] == result["pid"] and ev["by_signal_from_us"] is False
+        await agent.close()
+        return result
+
+    arun(go(), timeout=30)
+    assert "hi" in (state / "logs" / "short.log").read_text()
