@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import sys
+import time
 
 import click
 
-from . import __version__
+from . import __version__, control, logs
 from .errors import DynamoLaunchError, InventoryError
 from .inventory import load
+from .model import Inventory
 from .plan import Plan, build
 from .plan.render import count, to_json, to_text
+from .preflight import Check
 
 __all__ = ["main"]
 
@@ -49,8 +55,14 @@ def plan(inventory: str, as_json: bool) -> None:
 
 def _plan(path: str) -> Plan:
     """Load, validate and plan ``path``, or print every problem and exit 1."""
+    return _load(path)[1]
+
+
+def _load(path: str) -> tuple[Inventory, Plan]:
+    """The inventory and plan of ``path``, or print every problem and exit 1."""
     try:
-        return build(load(path))
+        inv = load(path)
+        return inv, build(inv)
     except InventoryError as e:
         for problem in e.problems:
             click.echo(str(problem), err=True)
@@ -60,6 +72,194 @@ def _plan(path: str) -> Plan:
     except DynamoLaunchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+
+
+# --- running a cluster --------------------------------------------------------------------------------
+
+CLUSTER = click.option("--cluster", "-c", default=None, metavar="NAME",
+                       help="The cluster to talk to (needed only when several daemons run here).")
+
+
+@main.command()
+@INVENTORY
+@click.option("--accept-new-host-keys", is_flag=True,
+              help="Trust hosts whose key is not in known_hosts yet (and record it). A changed key is always refused.")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
+              help="auto: human-readable on a terminal, JSON lines otherwise (journald).")
+def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
+    """Start the cluster of INVENTORY and supervise it until SIGTERM/SIGINT (then stop it all).
+
+    Preflight checks every host first; a failure starts nothing. If processes of this
+    cluster are already running (a previous daemon was killed), they are adopted, not
+    started again.
+    """
+    from .daemon import Daemon, PreflightFailed
+
+    inv, plan = _load(inventory)
+    logs.configure(json_output=None if log_format == "auto" else log_format == "json")
+    daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.request_stop)
+        try:
+            await daemon.prepare(on_checks=_show_checks)
+        except BaseException:
+            await daemon.close()
+            raise
+        return await daemon.serve()
+
+    try:
+        report = asyncio.run(run())
+    except PreflightFailed as e:
+        _fail(str(e))
+    except DynamoLaunchError as e:
+        _fail(str(e))
+    _report_stop(report.stopped, report.unknown, report.leftovers)
+    sys.exit(0 if report.clean else 1)
+
+
+@main.command()
+@INVENTORY
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for a running daemon to stop it all.")
+def down(inventory: str, timeout: float) -> None:
+    """Stop every process of INVENTORY's cluster (reverse dependency order) and verify none is left.
+
+    With a daemon running, it does the stopping and exits; without one, the processes
+    recorded on the hosts are found and stopped directly.
+    """
+    from .daemon import Daemon
+
+    inv, plan = _load(inventory)
+    try:
+        try:
+            result = control.request(control.socket_path(plan.cluster), "down", timeout=timeout)
+            stopped, unknown, leftovers = result["stopped"], result["unknown"], result["leftovers"]
+        except control.NoDaemon:
+            logs.configure(json_output=None)
+            report = asyncio.run(_down_directly(Daemon(plan, inv, inventory)))
+            stopped, unknown, leftovers = report.stopped, report.unknown, report.leftovers
+    except DynamoLaunchError as e:
+        _fail(str(e))
+    _report_stop(stopped, unknown, leftovers)
+    sys.exit(0 if not unknown and not leftovers else 1)
+
+
+async def _down_directly(daemon):
+    try:
+        return await daemon.down()
+    finally:
+        await daemon.close()
+
+
+@main.command()
+@CLUSTER
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's snapshot as JSON.")
+@click.option("--watch", "-w", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws with --watch.")
+def status(cluster: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Every process of the running cluster: host, state, pid, uptime, restarts, generation, health.
+
+    Exit status 3 when no daemon is running.
+    """
+    from .daemon import render
+
+    while True:
+        snap = _ask(cluster, "status", timeout=5.0)
+        text = json.dumps(snap, indent=1) + "\n" if as_json else render(snap)
+        if watch:
+            click.clear()
+        click.echo(text, nl=False)
+        if not watch:
+            return
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command("logs")
+@click.argument("name")
+@CLUSTER
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what the process writes, until Ctrl-C.")
+@click.option("--lines", "-n", default=100, show_default=True, help="How many lines from the end to show first.")
+def logs_cmd(name: str, cluster: str | None, follow: bool, lines: int) -> None:
+    """Print the log of process NAME, read from its node."""
+    click.echo(_ask(cluster, "logs", name=name, lines=lines)["text"], nl=False)
+    if not follow:
+        return
+    offset = _ask(cluster, "logs", name=name, offset=0, max_bytes=0)["size"]
+    try:
+        while True:
+            chunk = _ask(cluster, "logs", name=name, offset=offset, max_bytes=1 << 20)
+            click.echo(chunk["data"], nl=False)
+            offset = chunk["offset"]
+            if not chunk["data"]:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.argument("target")
+@CLUSTER
+def restart(target: str, cluster: str | None) -> None:
+    """Restart TARGET: a process, a gang (every member, new generation) or a group; clears FAILED."""
+    touched = _ask(cluster, "restart", target=target)["restarted"]
+    click.echo("restarting: " + ", ".join(touched))
+
+
+@main.command()
+@CLUSTER
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+def events(cluster: str | None, follow: bool) -> None:
+    """Lifecycle events of the running cluster: started, ready, exited, restarting, gang restarts, failures."""
+    since = 0
+    try:
+        while True:
+            for e in _ask(cluster, "events", since=since)["events"]:
+                stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+                click.echo(f"{stamp} {e['kind']:<17} {e['message']}")
+                since = e["seq"]
+            if not follow:
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:
+    """One request to the running daemon; exit 3 when there is none, 1 on other errors."""
+    try:
+        return control.request(control.find_socket(cluster), op, timeout=timeout, **args)
+    except control.NoDaemon as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    except DynamoLaunchError as e:
+        _fail(str(e))
+
+
+def _show_checks(checks: list[Check]) -> None:
+    rows = [("HOST", "CHECK", "RESULT", "DETAIL")] + [(c.host, c.name, c.status.upper(), c.detail) for c in checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    click.echo("preflight:", err=True)
+    for r in rows:
+        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3], err=True)
+
+
+def _report_stop(stopped: list[str], unknown: list[str], leftovers: dict) -> None:
+    click.echo(f"stopped {count(len(stopped), 'process')}", err=True)
+    if unknown:
+        click.echo(f"could not verify (host unreachable): {', '.join(unknown)}; run `down` again once it answers",
+                   err=True)
+    for host, pids in leftovers.items():
+        click.echo(f"{host}: still running after stop: pids {', '.join(map(str, pids))}", err=True)
+
+
+def _fail(message: str):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

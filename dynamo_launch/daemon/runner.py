@@ -1,0 +1,502 @@
+"""The one async runner: feeds the pure machines, carries out their actions (DESIGN §4).
+
+Every event for every machine goes through one queue and is applied by one task, so the
+machines see a single, ordered history — the same as in their unit tests. Actions become
+asyncio work: a spawn or a kill is a request to the host's agent, a timer is a
+``loop.call_at``, probes and start gates are small tasks that post their results back
+as events. The clock is the event loop's (monotonic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from .. import secrets
+from ..errors import AgentError, DynamoLaunchError, TransportError
+from ..health import http_get, judge_ray_nodes, ray_nodes_argv, tcp_connect
+from ..plan.spec import Plan, ProbeKind, ProcessSpec
+from ..plan.spec import Probe as ProbeSpec
+from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
+                          HostLost, IllegalTransition, Kill, MemberDown, MemberReady, MemberStopped, Notify, Probe,
+                          ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
+                          Stop, StopMember, StopProbes, TimerFired)
+from .links import HostLink
+from .reconcile import Adoption, strays
+
+__all__ = ["Proc", "Runner"]
+
+log = structlog.get_logger("dynamo_launch.runner")
+
+LOG_MAX_BYTES = 64 << 20  # per log file before rotation
+LOG_BACKUPS = 3
+UP_STATES = (State.READY, State.RUNNING)
+Target = tuple[str, str]  # ("proc" | "gang", name)
+
+
+class Proc:
+    """A supervised process: its plan, its machine and what the runner holds for it."""
+
+    def __init__(self, spec: ProcessSpec):
+        self.spec = spec
+        self.machine = ProcessMachine.from_spec(spec)
+        self.record: dict[str, Any] | None = None  # the agent's record of the current copy
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.probe_task: asyncio.Task | None = None
+        self.gate_task: asyncio.Task | None = None
+        self.health = ""  # last probe or gate detail, for status
+        self.started_wall: float | None = None
+        self.early_exits: dict[int, dict[str, Any]] = {}  # exit reports that beat their spawn's answer
+        self.exit_latency: float | None = None  # seconds from the exit on the node to the daemon
+
+    @property
+    def name(self) -> str:
+        """The process name."""
+        return self.spec.name
+
+
+class Runner:
+    """Supervises every process of ``plan`` through ``links`` (one per host)."""
+
+    def __init__(self, plan: Plan, links: Mapping[str, HostLink], launch_id: str, *,
+                 on_notify: Callable[[str, Notify], None] = lambda name, n: None,
+                 on_records: Callable[[], None] = lambda: None):
+        self.plan, self.links, self.launch_id = plan, links, launch_id
+        self.procs = {s.name: Proc(s) for s in plan.processes}
+        self.gangs = {g.name: GangMachine.from_gang(g) for g in plan.gangs}
+        self._on_notify, self._on_records = on_notify, on_records
+        self._gang_timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
+        self._queue: asyncio.Queue[tuple[Target, Any]] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._log = log.bind(cluster=plan.cluster)
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The machines' clock."""
+        return asyncio.get_running_loop().time()
+
+    def begin(self, adoption: Adoption, *, start: bool = True) -> None:
+        """Start the event loop; adopt what ``adoption`` says and (``start``) start the rest."""
+        self._loop_task = asyncio.create_task(self._run(), name="runner")
+        for name, gen in adoption.generation.items():
+            self.procs[name].machine.generation = gen
+        for gang, machine in self.gangs.items():
+            machine.generation = adoption.gang_generation.get(gang, machine.generation)
+        for name, rec in adoption.adopt.items():
+            p = self.procs[name]
+            p.record, p.started_wall = dict(rec), float(rec.get("started_at") or time.time())
+            self.post(("proc", name), Adopted(int(rec["pid"]), int(rec["generation"])))
+            self._spawn_task(self._watch(p))
+        for gang in adoption.adopted_gangs:
+            self.post(("gang", gang), GangAdopted(adoption.gang_generation[gang]))
+        if not start:
+            return
+        for gang in self.gangs:
+            if gang not in adoption.adopted_gangs:
+                self.post(("gang", gang), Start())
+        for name, p in self.procs.items():
+            if p.spec.group is None and name not in adoption.adopt:
+                self.post(("proc", name), Start())
+
+    async def close(self) -> None:
+        """Cancel every task and timer (the processes on the nodes are not touched)."""
+        for p in self.procs.values():
+            for h in p.timers.values():
+                h.cancel()
+        for gang_timers in self._gang_timers.values():
+            for h in gang_timers.values():
+                h.cancel()
+        tasks = [t for t in (*self._tasks, self._loop_task, *self._proc_tasks()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def post(self, target: Target, event: Any) -> None:
+        """Queue ``event`` for the machine ``target``."""
+        self._queue.put_nowait((target, event))
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``condition()`` holds (checked after every applied event); False on timeout."""
+        deadline = None if timeout is None else self.now() + timeout
+        while not condition():
+            left = None if deadline is None else deadline - self.now()
+            if left is not None and left <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), None if left is None else min(left, 1.0))
+        return True
+
+    # --- operator requests --------------------------------------------------------------------------
+
+    def restart(self, target: str) -> list[str]:
+        """Restart a process, a gang or a group (gang aware; clears FAILED). Returns what it touched."""
+        names = self.resolve(target)
+        gangs = {self.procs[n].spec.group for n in names} - {None}
+        for gang in sorted(gangs):  # type: ignore[arg-type]
+            m = self.gangs[gang]
+            if m.state is GangState.FAILED:
+                self.post(("gang", gang), ClearFailed())
+            else:
+                self.post(("gang", gang), Stop("operator restart"))
+                self.post(("gang", gang), Start())
+        for n in names:
+            if self.procs[n].spec.group is not None:
+                continue
+            if self.procs[n].machine.state is State.FAILED:
+                self.post(("proc", n), ClearFailed())
+            else:
+                self.post(("proc", n), Stop("operator restart"))
+                self.post(("proc", n), Start())
+        return sorted(names | {f"gang {g}" for g in gangs})  # type: ignore[operator]
+
+    def resolve(self, target: str) -> set[str]:
+        """Process names meant by ``target``: a process, a gang, or a group (``<name>-…``)."""
+        if target in self.procs:
+            return {target}
+        if target in self.gangs:
+            return set(self.gangs[target].members)
+        found = {n for n in self.procs if n.startswith(target + "-")}
+        if not found:
+            raise DynamoLaunchError(f"no process, gang or group called {target!r}")
+        return found
+
+    async def stop_all(self, reason: str = "down", timeout: float | None = None) -> list[str]:
+        """Stop everything in reverse dependency order; the names left UNKNOWN (host unreachable)."""
+        levels = self._levels()
+        for level in sorted(set(levels.values()), reverse=True):
+            units = [u for u, lv in levels.items() if lv == level]
+            for kind, name in units:
+                self.post((kind, name), Stop(reason))
+            names = [n for kind, name in units for n in (self.gangs[name].members if kind == "gang" else (name,))]
+            limit = timeout or max(self.procs[n].spec.restart.stop_timeout for n in names) + 15
+            await self.wait_for(lambda: all(self.procs[n].machine.state in (State.STOPPED, State.UNKNOWN)
+                                            for n in names), limit)
+        return [n for n, p in self.procs.items() if p.machine.state is State.UNKNOWN]
+
+    # --- host links -----------------------------------------------------------------------------------
+
+    def on_agent_event(self, host: str, event: dict[str, Any]) -> None:
+        """An agent's unsolicited event (``exit``)."""
+        if event.get("event") != "exit" or event.get("launch_id") != self.launch_id:
+            return
+        p = self.procs.get(str(event.get("name")))
+        if p is None or p.spec.host != host:
+            return
+        pid = int(event.get("pid") or 0)
+        if p.record is None or int(p.record.get("pid", 0)) != pid:
+            p.early_exits[pid] = event  # the spawn's answer is still on its way
+            return
+        self._exited(p, event)
+
+    def on_host_lost(self, host: str, why: str) -> None:
+        """Every process of ``host`` becomes UNKNOWN: maybe running, never started twice."""
+        self._on_notify("", Notify("host-unreachable", f"host {host} unreachable: {why}", {"host": host}))
+        for p in self.procs.values():
+            if p.spec.host == host:
+                self.post(("proc", p.name), HostLost())
+
+    async def on_host_back(self, host: str, records: list[dict[str, Any]]) -> None:
+        """Reconcile ``host`` after a loss: adopt live records, count the rest gone, kill strays."""
+        self._on_notify("", Notify("host-back", f"host {host} reachable again", {"host": host}))
+        ours = {r.get("name"): r for r in records if r.get("launch_id") == self.launch_id}
+        keep: dict[str, int] = {}
+        for p in self.procs.values():
+            if p.spec.host != host:
+                continue
+            r = ours.get(p.name)
+            if r is not None and r.get("alive"):
+                p.record, keep[p.name] = dict(r), int(r["generation"])
+                await self._watch(p)
+                self.post(("proc", p.name), HostBack(alive=True, pid=int(r["pid"])))
+            else:
+                self.post(("proc", p.name), HostBack(alive=False))
+        await self._kill_strays(self.links[host], keep)
+
+    async def _kill_strays(self, link: HostLink, keep: dict[str, int]) -> None:
+        try:
+            scanned = await link.call("scan", launch_id=self.launch_id)
+            for s in strays(scanned, keep):
+                self._log.warning("killing stray process", host=link.name, pid=s.get("pid"), name=s.get("name"),
+                                  generation=s.get("generation"))
+                await link.call("signal", name=str(s.get("name")), pid=int(s["pid"]),
+                                start_time=s.get("start_time"), signal="KILL")
+        except DynamoLaunchError as e:
+            self._log.warning("stray scan failed", host=link.name, error=str(e))
+
+    # --- the event loop -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            (kind, name), event = await self._queue.get()
+            try:
+                if kind == "proc":
+                    self._feed_proc(self.procs[name], event)
+                else:
+                    self._feed_gang(name, event)
+            except Exception:  # a bug must not stop supervision of everything else
+                self._log.exception("event handling failed", target=name, event=repr(event))
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    def _feed_proc(self, p: Proc, event: Any) -> None:
+        before = p.machine.state
+        try:
+            actions = p.machine.on(event, self.now())
+        except IllegalTransition as e:
+            self._log.warning("event refused", process=p.name, error=str(e))
+            return
+        for action in actions:
+            self._act(p, action)
+        after = p.machine.state
+        if after is not before:
+            self._entered(p, before, after)
+
+    def _entered(self, p: Proc, before: State, after: State) -> None:
+        if before is State.WAITING and p.gate_task is not None:
+            p.gate_task.cancel()
+        if after is State.WAITING:
+            p.gate_task = asyncio.create_task(self._gates(p), name=f"gates-{p.name}")
+        group = p.spec.group
+        if group is not None and after in UP_STATES:
+            self.post(("gang", group), MemberReady(p.name))
+        if group is not None and after is State.STOPPED:
+            self.post(("gang", group), MemberStopped(p.name))
+        if after in (State.STOPPED, State.FAILED) and p.record is not None and p.machine.pid is None:
+            self._on_records()
+
+    def _act(self, p: Proc, a: Any) -> None:
+        if isinstance(a, Spawn):
+            self._spawn_task(self._spawn(p, a.generation))
+        elif isinstance(a, Kill):
+            self._spawn_task(self._kill(p, a.signal))
+        elif isinstance(a, SetTimer):
+            self._set_timer(p.timers, ("proc", p.name), a)
+        elif isinstance(a, CancelTimer):
+            _cancel(p.timers, a.kind)
+        elif isinstance(a, StartProbes):
+            _stop(p.probe_task)
+            p.probe_task = asyncio.create_task(self._probes(p, a.kind), name=f"probe-{p.name}")
+        elif isinstance(a, StopProbes):
+            _stop(p.probe_task)
+            p.probe_task = None
+        elif isinstance(a, Notify):
+            self._on_notify(p.name, a)
+        elif isinstance(a, MemberDown):
+            self.post(("gang", p.spec.group or ""), replace(a, name=p.name))
+
+    def _feed_gang(self, name: str, event: Any) -> None:
+        m = self.gangs[name]
+        try:
+            actions = m.on(event, self.now())
+        except IllegalTransition as e:
+            self._log.warning("event refused", gang=name, error=str(e))
+            return
+        timers = self._gang_timers.setdefault(name, {})
+        for a in actions:
+            if isinstance(a, StartMember):
+                self.post(("proc", a.name), Start(generation=a.generation))
+            elif isinstance(a, StopMember):
+                self.post(("proc", a.name), Stop("gang"))
+            elif isinstance(a, SetTimer):
+                self._set_timer(timers, ("gang", name), a)
+            elif isinstance(a, CancelTimer):
+                _cancel(timers, a.kind)
+            elif isinstance(a, Notify):
+                self._on_notify(f"gang {name}", a)
+
+    def _set_timer(self, timers: dict[str, asyncio.TimerHandle], target: Target, a: SetTimer) -> None:
+        _cancel(timers, a.kind)
+        timers[a.kind] = asyncio.get_running_loop().call_at(a.at, self.post, target, TimerFired(a.kind, a.at))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _proc_tasks(self) -> list[asyncio.Task]:
+        return [t for p in self.procs.values() for t in (p.probe_task, p.gate_task) if t is not None]
+
+    # --- actions --------------------------------------------------------------------------------------
+
+    async def _spawn(self, p: Proc, generation: int) -> None:
+        spec, link = p.spec, self.links[p.spec.host]
+        try:
+            env = secrets.resolve(spec.env)
+        except secrets.SecretError as e:
+            self.post(("proc", p.name), SpawnFailed(str(e)))
+            return
+        try:
+            result = await link.call("spawn", timeout=60.0, name=spec.name, argv=list(spec.argv), env=env,
+                                     cwd=spec.cwd, log_file=spec.log_file, launch_id=self.launch_id,
+                                     generation=generation, log_max_bytes=LOG_MAX_BYTES, log_backups=LOG_BACKUPS)
+        except AgentError as e:
+            if e.kind == "exists":  # a live copy is already there: never start a second one
+                await self._take_existing(p, str(e))
+            else:
+                self.post(("proc", p.name), SpawnFailed(str(e)))
+            return
+        except TransportError as e:
+            # Unsure whether it started: when the host is lost, HostLost/HostBack settle it.
+            self._log.warning("spawn request failed", process=p.name, error=str(e))
+            if link.up:
+                await self._take_existing(p, str(e))
+            return
+        p.record = {"name": spec.name, "pid": int(result["pid"]), "start_time": result.get("start_time"),
+                    "boot_id": result.get("boot_id"), "launch_id": self.launch_id, "generation": generation,
+                    "started_at": time.time()}
+        p.started_wall = time.time()
+        self._on_records()  # the state file names the copy before anyone hears it started
+        self.post(("proc", p.name), Spawned(int(result["pid"])))
+        early = p.early_exits.pop(int(result["pid"]), None)
+        p.early_exits.clear()
+        if early is not None:
+            self._exited(p, early)
+
+    async def _take_existing(self, p: Proc, why: str) -> None:
+        """After an unclear spawn: take the recorded live copy as ours, or report the failure."""
+        try:
+            records = await self.links[p.spec.host].records()
+        except DynamoLaunchError:
+            return  # the link is going down; HostLost follows
+        r = next((r for r in records if r.get("name") == p.name and r.get("alive")), None)
+        if r is not None and r.get("launch_id") == self.launch_id:
+            p.record, p.started_wall = dict(r), float(r.get("started_at") or time.time())
+            self._on_records()
+            self.post(("proc", p.name), Spawned(int(r["pid"])))
+        elif r is not None:
+            self.post(("proc", p.name), SpawnFailed(
+                f"another copy of {p.name} runs there (pid {r.get('pid')}, launch {r.get('launch_id')}): "
+                "stop it with `dynamo-launch down` of that launch first"))
+        else:
+            self.post(("proc", p.name), SpawnFailed(why))
+
+    async def _kill(self, p: Proc, signal: str) -> None:
+        rec = p.record
+        if rec is None:
+            return
+        try:
+            await self.links[p.spec.host].call("signal", name=p.name, pid=int(rec["pid"]),
+                                               start_time=rec.get("start_time"), signal=signal)
+        except DynamoLaunchError as e:  # host lost: HostLost follows; agent error: the exit never comes
+            self._log.warning("signal failed", process=p.name, signal=signal, error=str(e))
+
+    async def _watch(self, p: Proc) -> None:
+        with contextlib.suppress(DynamoLaunchError):
+            await self.links[p.spec.host].call("watch", name=p.name)
+
+    def _exited(self, p: Proc, event: dict[str, Any]) -> None:
+        at = event.get("at")
+        if isinstance(at, (int, float)):
+            p.exit_latency = max(0.0, time.time() - float(at))
+        assert p.record is not None
+        p.record["exit"] = {"code": event.get("code"), "signal": event.get("signal"), "at": at}
+        self.post(("proc", p.name), Exited(event.get("code"), event.get("signal"), int(event["pid"])))
+
+    # --- probes and gates -----------------------------------------------------------------------------
+
+    async def _probes(self, p: Proc, kind: str) -> None:
+        probe = p.spec.readiness if kind == "readiness" else p.spec.liveness
+        if probe is None or probe.kind is ProbeKind.PROCESS:
+            return
+        if kind == "liveness":
+            await asyncio.sleep(probe.interval)
+        while True:
+            ok, detail = await self.probe(probe)
+            p.health = detail
+            if kind == "liveness" or ok:
+                self.post(("proc", p.name), Probe(kind, ok, detail))  # type: ignore[arg-type]
+                if kind == "readiness":
+                    return
+            await asyncio.sleep(probe.interval if kind == "liveness" else min(probe.interval, 0.5))
+
+    async def probe(self, probe: ProbeSpec) -> tuple[bool, str]:
+        """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
+        try:
+            if probe.kind is ProbeKind.TCP:
+                r = await tcp_connect(probe.address, int(probe.port or 0), probe.timeout)
+                return r.ok, r.detail
+            if probe.kind is ProbeKind.HTTP:
+                r = await http_get(probe.url, probe.timeout)
+                return r.ok, r.detail
+            link = self.links[probe.host]
+            if probe.kind is ProbeKind.COMMAND:
+                argv = list(probe.command)
+            elif probe.kind is ProbeKind.RAY_NODES:
+                argv = ray_nodes_argv(link.host.python, probe.address, int(probe.port or 0))
+            elif probe.kind is ProbeKind.RAY_NODE:
+                address, _, port = probe.url.rpartition(":")
+                argv = ray_nodes_argv(link.host.python, address, int(port))
+            else:
+                return True, "process alive"
+            out = await link.call("exec", timeout=probe.timeout + 10, args={"argv": argv, "timeout": probe.timeout})
+            if probe.kind is ProbeKind.COMMAND:
+                return out.get("code") == 0, f"{' '.join(probe.command)[:60]}: exit {out.get('code')}"
+            if out.get("code") != 0:
+                return False, f"ray status: exit {out.get('code')}"
+            member = probe.address if probe.kind is ProbeKind.RAY_NODE else ""
+            return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=member)
+        except DynamoLaunchError as e:
+            return False, str(e)
+
+    async def _gates(self, p: Proc) -> None:
+        """Post DepsReady once every start gate of ``p`` holds (and its host answers)."""
+        while True:
+            pending = []
+            if not self.links[p.spec.host].up:
+                pending.append(f"host {p.spec.host} unreachable")
+            for gate in p.spec.depends_on:
+                if gate.process is not None:
+                    state = self.procs[gate.process].machine.state
+                    if state not in UP_STATES:
+                        pending.append(f"{gate.process} {state.value}")
+                elif gate.probe is not None and not pending:
+                    ok, detail = await self.probe(gate.probe)
+                    if not ok:
+                        pending.append(detail)
+            if not pending:
+                p.health = ""
+                self.post(("proc", p.name), DepsReady())
+                return
+            p.health = "waiting: " + "; ".join(pending)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.5)
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _levels(self) -> dict[Target, int]:
+        """Start level of each unit (a process, or a gang as a whole): 0 depends on nothing."""
+        memo: dict[str, int] = {}
+
+        def level(name: str, seen: frozenset[str] = frozenset()) -> int:
+            if name not in memo:
+                deps = [g.process for g in self.procs[name].spec.depends_on if g.process and g.process not in seen]
+                memo[name] = 1 + max((level(d, seen | {name}) for d in deps), default=-1)
+            return memo[name]
+
+        units: dict[Target, int] = {}
+        for name, p in self.procs.items():
+            key: Target = ("gang", p.spec.group) if p.spec.group else ("proc", name)
+            units[key] = max(units.get(key, 0), level(name))
+        return units
+
+
+def _cancel(timers: dict[str, asyncio.TimerHandle], kind: str) -> None:
+    h = timers.pop(kind, None)
+    if h is not None:
+        h.cancel()
+
+
+def _stop(task: asyncio.Task | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()

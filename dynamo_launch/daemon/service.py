@@ -1,0 +1,322 @@
+"""The daemon: preflight, adoption, supervision, the control socket, and a clean stop.
+
+``up`` = :meth:`Daemon.prepare` (lock, connect, preflight, read the nodes' records, adopt or
+decide generations) then :meth:`Daemon.serve` (run until asked to stop, then stop everything
+in reverse dependency order and verify nothing of the launch is left). ``down`` without a
+running daemon is :meth:`Daemon.down`: the same preparation, adopting what runs, then the
+same stop. Progress and lifecycle events are logged with structlog (the CLI chooses the
+renderer); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..control import ControlServer, socket_path
+from ..errors import DynamoLaunchError
+from ..model import Inventory
+from ..plan.spec import Plan
+from ..preflight import Check, run_preflight
+from ..state import StateFile
+from ..supervisor import Notify
+from ..transport import Transport, make_transport
+from .links import HostLink
+from .reconcile import Adoption, pick_launch_id, plan_adoption
+from .runner import Runner
+from .status import snapshot
+
+__all__ = ["AlreadyRunning", "Daemon", "PreflightFailed", "StopReport"]
+
+log = structlog.get_logger("dynamo_launch.daemon")
+
+
+class PreflightFailed(DynamoLaunchError):
+    """At least one preflight check failed: nothing was started."""
+
+    def __init__(self, checks: list[Check]):
+        self.checks = checks
+        failed = [c for c in checks if c.status == "fail"]
+        super().__init__(f"preflight failed ({len(failed)} problem{'s' if len(failed) != 1 else ''}): nothing was started")
+
+
+class AlreadyRunning(DynamoLaunchError):
+    """Another daemon supervises this cluster (it holds the state directory's lock)."""
+
+
+@dataclass
+class StopReport:
+    """What a stop did: processes stopped, those that could not be verified, strays killed."""
+
+    stopped: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    leftovers: dict[str, list[int]] = field(default_factory=dict)  # host → pids still carrying the launch id
+
+    @property
+    def clean(self) -> bool:
+        """True when every host was checked and nothing of the launch is left."""
+        return not self.unknown and not self.leftovers
+
+
+class Daemon:
+    """Supervises one cluster (one plan). ``transports`` overrides how hosts are reached (tests)."""
+
+    def __init__(self, plan: Plan, inv: Inventory, inventory_path: str, *, accept_new_host_keys: bool = False,
+                 transports: dict[str, Transport] | None = None):
+        self.plan, self.inv, self.inventory_path = plan, inv, os.path.abspath(inventory_path)
+        self.state = StateFile(plan.state_dir)
+        self.transports = transports or {h.name: make_transport(h, accept_new_host_keys=accept_new_host_keys)
+                                         if not h.local else make_transport(h) for h in plan.hosts}
+        self.links: dict[str, HostLink] = {}
+        self.runner: Runner | None = None
+        self.launch_id = ""
+        self.started = time.time()
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self._seq = 0
+        self._lock_fd: int | None = None
+        self._stop = asyncio.Event()
+        self._stopped: asyncio.Future | None = None
+        self._control: ControlServer | None = None
+        self._log = log.bind(cluster=plan.cluster)
+
+    # --- preparation ------------------------------------------------------------------------------------
+
+    async def prepare(self, *, preflight: bool = True, on_checks: Callable[[list[Check]], None] = lambda c: None,
+                      start: bool = True) -> Adoption:
+        """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
+        self._take_lock()
+        saved = self._load_state()
+        if preflight:
+            checks = await run_preflight(self.inv, self.plan, self.transports,
+                                         adopting=list((saved or {}).get("processes", {})))
+            on_checks(checks)
+            if any(c.status == "fail" for c in checks):
+                raise PreflightFailed(checks)
+        await self._open_links()
+        records = {name: await link.records() for name, link in self.links.items()}
+        self.launch_id = pick_launch_id((saved or {}).get("launch_id"), records) or uuid.uuid4().hex[:12]
+        adoption = plan_adoption(self.plan, records, self.launch_id)
+        await self._stop_records(adoption.stop)
+        self.runner = Runner(self.plan, self.links, self.launch_id, on_notify=self._notify, on_records=self.save)
+        for link in self.links.values():
+            keep = {n: int(r["generation"]) for n, r in adoption.adopt.items() if self.plan.process(n).host == link.name}
+            await self.runner._kill_strays(link, keep)
+        self.save()
+        if adoption.adopt:
+            self._log.info("adopting running processes", count=len(adoption.adopt), launch_id=self.launch_id,
+                           processes=sorted(adoption.adopt))
+        self.runner.begin(adoption, start=start)
+        return adoption
+
+    def _take_lock(self) -> None:
+        os.makedirs(self.plan.state_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.plan.state_dir, "daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(f"a dynamo-launch daemon (pid {holder}) already supervises cluster "
+                                 f"{self.plan.cluster!r} from {self.plan.state_dir}; use `dynamo-launch status`") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            saved = self.state.load()
+        except ValueError as e:
+            raise DynamoLaunchError(str(e)) from None
+        if saved and saved.get("cluster") not in (None, self.plan.cluster):
+            raise DynamoLaunchError(f"{self.state.path} belongs to cluster {saved.get('cluster')!r}, not "
+                                    f"{self.plan.cluster!r}: give each cluster its own state_dir")
+        return saved
+
+    async def _open_links(self) -> None:
+        for h in self.plan.hosts:
+            self.links[h.name] = HostLink(h, self.transports[h.name], self.plan.state_dir,
+                                          on_event=self._on_agent_event, on_lost=self._on_lost, on_back=self._on_back)
+        results = await asyncio.gather(*(link.open() for link in self.links.values()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r if isinstance(r, DynamoLaunchError) else DynamoLaunchError(str(r))
+
+    async def _stop_records(self, victims: list[tuple[str, dict[str, Any]]]) -> None:
+        """Stop live copies that cannot be adopted (TERM, then KILL), and wait until they are gone."""
+        for host, r in victims:
+            self._log.warning("stopping a copy that cannot be adopted", host=host, process=r.get("name"),
+                              pid=r.get("pid"), launch_id=r.get("launch_id"), generation=r.get("generation"))
+        for sig, wait in (("TERM", 10.0), ("KILL", 5.0)):
+            left = []
+            for host, r in victims:
+                with contextlib.suppress(DynamoLaunchError):
+                    await self.links[host].call("signal", name=str(r["name"]), pid=int(r["pid"]),
+                                                start_time=r.get("start_time"), signal=sig)
+            deadline = time.monotonic() + wait
+            while victims and time.monotonic() < deadline:
+                left = []
+                for host, r in victims:
+                    alive = {(x["name"], x["pid"]) for x in await self.links[host].records() if x.get("alive")}
+                    if (r["name"], r["pid"]) in alive:
+                        left.append((host, r))
+                victims = left
+                if victims:
+                    await asyncio.sleep(0.2)
+            if not victims:
+                return
+
+    # --- running ----------------------------------------------------------------------------------------
+
+    async def serve(self, *, control: bool = True) -> StopReport:
+        """Supervise until :meth:`request_stop` (a signal, or ``down`` through the socket)."""
+        assert self.runner is not None
+        self._stopped = asyncio.get_running_loop().create_future()
+        if control:
+            self._control = ControlServer(socket_path(self.plan.cluster), self._handle)
+            await self._control.start()
+        try:
+            await self._stop.wait()
+            report = await self.shutdown()
+        except BaseException as e:
+            self._stopped.set_exception(e if isinstance(e, Exception) else DynamoLaunchError("interrupted"))
+            raise
+        self._stopped.set_result(report)
+        await asyncio.sleep(0.2)  # let a `down` caller read its answer before the socket goes
+        if self._control is not None:
+            await self._control.close()
+        return report
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to stop everything and return (signal handlers call this)."""
+        self._stop.set()
+
+    async def shutdown(self, reason: str = "down") -> StopReport:
+        """Stop every process in reverse dependency order, verify, forget the launch if clean."""
+        assert self.runner is not None
+        self._log.info("stopping every process", reason=reason)
+        unknown = await self.runner.stop_all(reason)
+        report = StopReport(stopped=sorted(n for n in self.runner.procs if n not in unknown), unknown=unknown)
+        for name, link in self.links.items():
+            if not link.up:
+                continue
+            left = await self._sweep(link)
+            if left:
+                report.leftovers[name] = left
+        self.save()
+        if report.clean:
+            for link in self.links.values():
+                for p in self.plan.on_host(link.name):
+                    with contextlib.suppress(DynamoLaunchError):
+                        await link.call("forget", name=p.name)
+            self.state.remove()
+        await self.close()
+        self._log.info("stopped", clean=report.clean, unknown=report.unknown, leftovers=report.leftovers)
+        return report
+
+    async def _sweep(self, link: HostLink) -> list[int]:
+        """Kill whatever still carries the launch id on ``link``'s host; the pids that survive."""
+        for _ in range(3):
+            try:
+                found = await link.call("scan", launch_id=self.launch_id)
+            except DynamoLaunchError:
+                return []
+            if not found:
+                return []
+            self._log.warning("processes of the launch still running after stop: killing", host=link.name,
+                              pids=[f["pid"] for f in found])
+            with contextlib.suppress(DynamoLaunchError):
+                await link.call("kill_scan", launch_id=self.launch_id, signal="KILL", exclude=[])
+            await asyncio.sleep(0.5)
+        return [int(f["pid"]) for f in await link.call("scan", launch_id=self.launch_id)]
+
+    async def down(self) -> StopReport:
+        """Stop a cluster no daemon supervises: adopt what runs, then stop it all."""
+        await self.prepare(preflight=False, start=False)
+        return await self.shutdown("down")
+
+    async def close(self) -> None:
+        """Let go of everything (processes on the nodes keep running)."""
+        if self.runner is not None:
+            await self.runner.close()
+        await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
+        for t in self.transports.values():
+            with contextlib.suppress(Exception):
+                await t.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- state, events, control ------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the state file: the launch id and every process's current copy."""
+        procs = {}
+        if self.runner is not None:
+            for name, p in self.runner.procs.items():
+                if p.record is not None:
+                    procs[name] = {"host": p.spec.host, **{k: p.record.get(k) for k in
+                                   ("pid", "start_time", "boot_id", "generation", "started_at", "exit")}}
+        self.state.save({"cluster": self.plan.cluster, "launch_id": self.launch_id, "inventory": self.inventory_path,
+                         "daemon_pid": os.getpid(), "processes": procs})
+
+    def _notify(self, name: str, n: Notify) -> None:
+        self._seq += 1
+        host = self.plan.process(name).host if name in {p.name for p in self.plan.processes} else n.data.get("host")
+        event = {"seq": self._seq, "time": time.time(), "kind": n.kind, "process": name, "host": host,
+                 "message": n.message, **{k: v for k, v in n.data.items() if k not in ("host",)}}
+        self.events.append(event)
+        level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed") else "info"
+        getattr(self._log, level)(n.message, kind=n.kind, host=host, process=name or None)
+
+    def _on_agent_event(self, host: str, event: dict[str, Any]) -> None:
+        if self.runner is not None:
+            self.runner.on_agent_event(host, event)
+
+    def _on_lost(self, host: str, why: str) -> None:
+        if self.runner is not None:
+            self.runner.on_host_lost(host, why)
+
+    async def _on_back(self, host: str, records: list[dict[str, Any]]) -> None:
+        if self.runner is not None:
+            await self.runner.on_host_back(host, records)
+
+    async def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.runner is not None
+        op = req.get("op")
+        if op == "status":
+            return snapshot(self)
+        if op == "restart":
+            return {"restarted": self.runner.restart(str(req["target"]))}
+        if op == "events":
+            since = int(req.get("since", 0))
+            return {"events": [e for e in self.events if e["seq"] > since]}
+        if op == "logs":
+            return await self._logs(str(req["name"]), req)
+        if op == "down":
+            self.request_stop()
+            assert self._stopped is not None
+            report: StopReport = await asyncio.shield(self._stopped)
+            return {"stopped": report.stopped, "unknown": report.unknown, "leftovers": report.leftovers,
+                    "clean": report.clean}
+        raise DynamoLaunchError(f"unknown request {op!r}")
+
+    async def _logs(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
+        if name not in self.runner.procs:  # type: ignore[union-attr]
+            raise DynamoLaunchError(f"no process called {name!r}")
+        spec = self.plan.process(name)
+        link = self.links[spec.host]
+        if "offset" in req:
+            return await link.call("read", path=spec.log_file, offset=int(req["offset"]),
+                                   max_bytes=int(req.get("max_bytes", 1 << 20)))
+        return await link.call("tail", path=spec.log_file, lines=int(req.get("lines", 100)))

@@ -1,0 +1,241 @@
+"""The daemon on a local host (no SSH): real agent, real stand-in processes, real signals.
+
+Runs everywhere (no root). The same scenarios over real SSH on the test bed are in
+test_daemon_testbed.py. Every test kills whatever its launch left behind, by launch id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from dynamo_launch.daemon import Daemon
+from dynamo_launch.inventory import parse
+from dynamo_launch.plan import build
+from dynamo_launch.supervisor import GangState, State
+from tests.daemon_harness import free_port, kill_launch, local_inventory, scan_launch, standin_process
+
+
+
+class Harness:
+    """A daemon for one inventory, run in the test's event loop."""
+
+    def __init__(self, tmp: Path, processes: str, name: str = "t"):
+        self.tmp = tmp
+        self.path = tmp / "inventory.toml"
+        self.path.write_text(local_inventory(name, str(tmp / "state"), processes))
+        self.inv = parse(self.path.read_text(), str(self.path))
+        self.plan = build(self.inv)
+        self.daemon: Daemon | None = None
+        self.serving: asyncio.Task | None = None
+        self.launch_ids: set[str] = set()
+
+    async def up(self) -> Daemon:
+        d = Daemon(self.plan, self.inv, str(self.path))
+        await d.prepare(preflight=False)
+        self.daemon, self.launch_ids = d, self.launch_ids | {d.launch_id}
+        self.serving = asyncio.create_task(d.serve(control=False))
+        return d
+
+    async def crash_daemon(self) -> None:
+        """Drop the daemon as kill -9 would: nothing is stopped, nothing is cleaned."""
+        assert self.daemon is not None and self.serving is not None
+        self.serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.serving
+        await self.daemon.close()
+        self.daemon = None
+
+    async def down(self):
+        assert self.daemon is not None and self.serving is not None
+        self.daemon.request_stop()
+        return await asyncio.wait_for(self.serving, 60)
+
+    def state(self, name: str) -> State:
+        assert self.daemon is not None and self.daemon.runner is not None
+        return self.daemon.runner.procs[name].machine.state
+
+    def proc(self, name: str):
+        assert self.daemon is not None and self.daemon.runner is not None
+        return self.daemon.runner.procs[name]
+
+    async def until(self, condition, timeout: float = 30.0) -> None:
+        assert self.daemon is not None and self.daemon.runner is not None
+        ok = await self.daemon.runner.wait_for(condition, timeout)
+        assert ok, f"timed out; states: {self.states()}"
+
+    def states(self) -> dict[str, str]:
+        return {n: p.machine.state.name for n, p in self.daemon.runner.procs.items()}  # type: ignore[union-attr]
+
+    def all_up(self) -> bool:
+        return all(p.machine.state in (State.READY, State.RUNNING) for p in self.daemon.runner.procs.values())  # type: ignore[union-attr]
+
+    def cleanup(self) -> None:
+        for lid in self.launch_ids:
+            kill_launch(lid)
+
+
+def arun(coro, timeout: float = 90):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made: list[Harness] = []
+
+    def make(processes: str) -> Harness:
+        h = Harness(tmp_path, processes)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.cleanup()
+
+
+def test_up_ready_then_down_leaves_nothing(harness):
+    a, b = free_port(), free_port()
+    h = harness(standin_process("web", a, host="local", bind="127.0.0.1")
+                + standin_process("api", b, host="local", bind="127.0.0.1", depends_on=["web"]))
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        assert h.proc("api").started_wall >= h.proc("web").started_wall  # api waited for web
+        assert len(scan_launch(d.launch_id)) == 2
+        report = await h.down()
+        assert report.clean and sorted(report.stopped) == ["api", "web"]
+        assert scan_launch(d.launch_id) == []
+        assert not (h.tmp / "state" / "state.json").exists()
+
+    arun(go())
+
+
+def test_kill_9_restarts_per_policy_and_never_duplicates(harness):
+    port = free_port()
+    h = harness(standin_process("web", port, host="local", bind="127.0.0.1", max_restarts=50))
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        for i in range(5):
+            pid = h.proc("web").machine.pid
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            await h.until(lambda: h.proc("web").machine.pid not in (None, pid) and h.all_up())
+            assert len(scan_launch(d.launch_id)) == 1
+            assert h.proc("web").exit_latency is not None and h.proc("web").exit_latency < 0.5
+        assert h.proc("web").machine.restarts == 5
+        assert time.monotonic() - t0 < 30
+        await h.down()
+
+    arun(go())
+
+
+def test_gang_member_death_restarts_every_member_with_a_new_generation(harness):
+    a, b = free_port(), free_port()
+    h = harness(standin_process("lead", a, host="local", bind="127.0.0.1", gang="pair")
+                + standin_process("follow", b, host="local", bind="127.0.0.1", gang="pair", depends_on=["lead"]))
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        gang = d.runner.gangs["pair"]
+        await h.until(lambda: gang.state is GangState.RUNNING)
+        old = {n: h.proc(n).machine.pid for n in ("lead", "follow")}
+        os.kill(old["follow"], signal.SIGKILL)
+        await h.until(lambda: gang.generation == 2 and gang.state is GangState.RUNNING and h.all_up())
+        assert all(h.proc(n).machine.pid != old[n] for n in old)
+        gens = {p["generation"] for p in scan_launch(d.launch_id)}
+        assert gens == {"2"}, gens  # nothing of generation 1 survives
+        await h.down()
+
+    arun(go())
+
+
+def test_crash_loop_backs_off_to_failed_and_restart_recovers(harness, tmp_path):
+    port = free_port()
+    crash = ["--crash-after", "0.2", "--exit-code", "3"]
+    h = harness(standin_process("loop", port, host="local", bind="127.0.0.1", max_restarts=3, extra=crash,
+                                health=False))
+
+    async def go():
+        d = await h.up()
+        await h.until(lambda: h.state("loop") is State.FAILED, 60)
+        delays = [e["delay"] for e in d.events if e["kind"] == "restarting"]
+        assert delays == [0.0, 0.5, 1.0]  # immediate, then doubling (budget 3)
+        assert h.proc("loop").machine.last_exit.code == 3
+        d.runner.restart("loop")
+        await h.until(lambda: h.state("loop") not in (State.FAILED,), 10)
+        await h.down()
+
+    arun(go())
+
+
+def test_alive_but_unhealthy_is_killed_and_restarted(harness):
+    import urllib.request
+
+    port = free_port()
+    h = harness(standin_process("sick", port, host="local", bind="127.0.0.1"))
+
+    async def go():
+        await h.up()
+        await h.until(h.all_up)
+        pid = h.proc("sick").machine.pid
+        await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/unhealthy", timeout=5)
+        await h.until(lambda: h.proc("sick").machine.pid not in (None, pid) and h.all_up(), 30)
+        assert h.proc("sick").machine.last_exit.signal in (signal.SIGTERM, signal.SIGKILL)
+        await h.down()
+
+    arun(go())
+
+
+def test_daemon_crash_and_restart_adopts_without_restarting(harness):
+    a, b = free_port(), free_port()
+    h = harness(standin_process("lead", a, host="local", bind="127.0.0.1", gang="pair")
+                + standin_process("follow", b, host="local", bind="127.0.0.1", gang="pair", depends_on=["lead"])
+                + standin_process("solo", free_port(), host="local", bind="127.0.0.1"))
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        pids = {n: p.machine.pid for n, p in d.runner.procs.items()}
+        launch = d.launch_id
+        for _ in range(3):
+            await h.crash_daemon()
+            d = await h.up()
+            assert d.launch_id == launch
+            await h.until(h.all_up)
+            assert {n: p.machine.pid for n, p in d.runner.procs.items()} == pids
+            assert all(p.machine.restarts == 0 for p in d.runner.procs.values())
+            assert d.runner.gangs["pair"].generation == 1
+            assert len(scan_launch(launch)) == 3
+        await h.down()
+
+    arun(go())
+
+
+def test_hostile_strings_reach_argv_unchanged(harness, tmp_path):
+    port = free_port()
+    out = tmp_path / "argv.json"
+    hostile = ["; touch /tmp/pwned-dl", "$(id)", "`id`", "it's", 'say "hi"', "a b  c", "$HOME", "*"]
+    h = harness(standin_process("odd", port, host="local", bind="127.0.0.1",
+                                extra=["--argv-file", str(out), "--", *hostile]))
+
+    async def go():
+        await h.up()
+        await h.until(h.all_up)
+        await h.down()
+
+    arun(go())
+    import json
+
+    argv = json.loads(out.read_text())
+    assert argv[-len(hostile):] == hostile
+    assert not Path("/tmp/pwned-dl").exists()
