@@ -24,7 +24,7 @@ FAST_RESTART = """
 policy = "{policy}"
 backoff_initial = 0.5
 backoff_max = 2.0
-reset_after = 600.0
+reset_after = {reset_after}
 max_restarts = {max_restarts}
 restart_window = 120.0
 stop_timeout = 3.0
@@ -35,9 +35,9 @@ HTTP_HEALTH = """
 check = "http"
 port = {port}
 path = "/health"
-interval = 0.5
+interval = {interval}
 timeout = 1.0
-failure_threshold = 2
+failure_threshold = {threshold}
 startup_timeout = 30.0
 """
 
@@ -52,7 +52,8 @@ def free_port(address: str = "127.0.0.1") -> int:
 def standin_process(name: str, port: int, *, host: str | None = None, hosts: list[str] | None = None,
                     bind: str = "0.0.0.0", policy: str = "always", max_restarts: int = 5, gang: str | None = None,
                     depends_on: list[str] | None = None, extra: list[str] | None = None,
-                    health: bool = True) -> str:
+                    health: bool = True, interval: float = 0.5, threshold: int = 2,
+                    reset_after: float = 600.0) -> str:
     """A ``[[processes]]`` table running the stand-in on ``port``."""
     where = f'host = "{host}"' if host else f"hosts = {json.dumps(hosts)}"
     command = [PY, STANDIN, "--port", str(port), "--bind", bind, *(extra or [])]
@@ -61,9 +62,9 @@ def standin_process(name: str, port: int, *, host: str | None = None, hosts: lis
         text += f'gang = "{gang}"\n'
     if depends_on:
         text += f"depends_on = {json.dumps(depends_on)}\n"
-    text += FAST_RESTART.format(table="processes", policy=policy, max_restarts=max_restarts)
+    text += FAST_RESTART.format(table="processes", policy=policy, max_restarts=max_restarts, reset_after=reset_after)
     if health:
-        text += HTTP_HEALTH.format(table="processes", port=port)
+        text += HTTP_HEALTH.format(table="processes", port=port, interval=interval, threshold=threshold)
     return text
 
 

@@ -111,11 +111,11 @@ class Daemon:
         for link in self.links.values():
             keep = {n: int(r["generation"]) for n, r in adoption.adopt.items() if self.plan.process(n).host == link.name}
             await self.runner._kill_strays(link, keep)
-        self.save()
         if adoption.adopt:
             self._log.info("adopting running processes", count=len(adoption.adopt), launch_id=self.launch_id,
                            processes=sorted(adoption.adopt))
         self.runner.begin(adoption, start=start)
+        self.save()  # the launch id, and the adopted copies, before anything new starts
         return adoption
 
     def _take_lock(self) -> None:

@@ -1,0 +1,361 @@
+"""`dynamo-launch up/status/down/restart` over real SSH on the test bed (stand-in workloads).
+
+The daemon runs as the real CLI in the root namespace; every host is a test-bed host (own
+network, PID and mount namespaces, own sshd) reached only through SSH with strict host key
+checking. Processes are counted on the hosts themselves (``/proc`` inside each host's
+namespaces), never through the daemon. Needs root: skipped with the reason otherwise, and
+failed under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dynamo_launch import control
+from tests.daemon_harness import PY, ROOT, standin_process, wait_until
+from tests.testbed_fixture import testbed  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.testbed
+
+DL = [PY, "-m", "dynamo_launch.cli"]
+
+# Counts the processes of a launch inside a host (run there with nsenter).
+_SCAN = r"""
+import json, os, sys
+needle = ("DYNAMO_LAUNCH_ID=" + sys.argv[1]).encode()
+out = []
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if needle in env:
+        d = dict(e.split(b"=", 1) for e in env if b"=" in e)
+        out.append({"pid": int(pid), "name": d.get(b"DYNAMO_LAUNCH_NAME", b"").decode(),
+                    "generation": d.get(b"DYNAMO_LAUNCH_GENERATION", b"").decode()})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def bed(testbed):  # noqa: F811
+    return testbed(3)
+
+
+class Cluster:
+    """One `dynamo-launch up` daemon (a child process) for an inventory on the bed."""
+
+    counter = 0
+
+    def __init__(self, bed, tmp: Path, processes: str, *, known_hosts: str | None = None,
+                 keepalive: tuple[float, int] = (1.0, 2)):
+        Cluster.counter += 1
+        self.bed, self.tmp = bed, tmp
+        self.name = f"tb{os.getpid() % 10000}x{Cluster.counter}"
+        self.state_dir = f"/tmp/dl-{self.name}"  # private per host; the daemon's own in the root namespace
+        inv = bed.inventory()
+        hosts = "".join(f'\n[[hosts]]\nname = "{h["name"]}"\naddress = "{h["address"]}"\n' for h in inv["hosts"])
+        self.path = tmp / f"{self.name}.toml"
+        self.path.write_text(f"""
+[cluster]
+name = "{self.name}"
+head = "h1"
+state_dir = "{self.state_dir}"
+python = "{PY}"
+
+[ssh]
+user = "root"
+key_file = "{inv['ssh']['key_file']}"
+known_hosts = "{known_hosts or inv['ssh']['known_hosts']}"
+connect_timeout = 5.0
+keepalive_interval = {keepalive[0]}
+keepalive_count_max = {keepalive[1]}
+{hosts}
+[nats]
+external = "nats://127.0.0.1:4222"
+
+[etcd]
+external = "http://127.0.0.1:2379"
+{processes}
+""")
+        self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp / "run"), "PYTHONPATH": str(ROOT)}
+        self.sock = str(tmp / "run" / f"{self.name}.sock")
+        self.proc: subprocess.Popen | None = None
+        self.launch_ids: set[str] = set()
+        self.stderr_path = tmp / f"{self.name}.up.log"
+
+    # --- the daemon ------------------------------------------------------------------------------
+    def up(self, wait_ready: bool = True, timeout: float = 60.0) -> dict:
+        err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([*DL, "up", str(self.path), "--log-format", "json"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        err.close()
+        assert wait_until(lambda: self._answers() or self.proc.poll() is not None, timeout, 0.1), self.log()
+        assert self.proc.poll() is None, self.log()
+        snap = self.status()
+        self.launch_ids.add(snap["launch_id"])
+        if wait_ready:
+            self.wait(lambda s: all(p["state"] in ("READY", "RUNNING") for p in s["processes"]), timeout)
+        return self.status()
+
+    def _answers(self) -> bool:
+        try:
+            self.status()
+            return True
+        except control.ControlError:
+            return False
+
+    def status(self) -> dict:
+        return control.request(self.sock, "status", timeout=5)
+
+    def request(self, op: str, **args) -> dict:
+        return control.request(self.sock, op, timeout=30, **args)
+
+    def wait(self, condition, timeout: float = 30.0) -> dict:
+        snap: dict = {}
+
+        def check() -> bool:
+            nonlocal snap
+            try:
+                snap = self.status()
+            except control.ControlError:
+                return False
+            return condition(snap)
+
+        assert wait_until(check, timeout, 0.1), f"timed out; last status:\n{json.dumps(snap, indent=1)}\n{self.log()}"
+        return snap
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def kill_daemon(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        os.unlink(self.sock)  # kill -9 leaves it behind, as in real life
+
+    def log(self) -> str:
+        try:
+            return self.stderr_path.read_text()[-4000:]
+        except OSError:
+            return ""
+
+    # --- the hosts -------------------------------------------------------------------------------
+    def scan(self, host: str, launch_id: str | None = None) -> list[dict]:
+        lid = launch_id or next(iter(self.launch_ids))
+        r = self.bed.exec(host, [PY, "-c", _SCAN, lid], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def scan_all(self) -> dict[str, list[dict]]:
+        return {h.name: self.scan(h.name) for h in self.bed.hosts}
+
+    def kill_on_host(self, host: str, pid: int, sig: int = signal.SIGKILL) -> None:
+        self.bed.exec(host, ["kill", f"-{sig}", str(pid)], check=True, timeout=10)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for lid in self.launch_ids:
+            for h in self.bed.hosts:
+                for p in self.scan(h.name, lid):
+                    self.bed.exec(h.name, ["kill", "-9", str(p["pid"])], timeout=10)
+
+
+@pytest.fixture
+def cluster(bed, tmp_path):
+    made: list[Cluster] = []
+
+    def make(processes: str, **kw) -> Cluster:
+        c = Cluster(bed, tmp_path, processes, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.cleanup()
+
+
+def ports(n: int) -> list[int]:
+    base = 20000 + random.randrange(0, 20000)
+    return [base + i for i in range(n)]
+
+
+def by_name(snap: dict) -> dict[str, dict]:
+    return {p["name"]: p for p in snap["processes"]}
+
+
+def test_up_status_down_over_ssh(cluster):
+    a, b = ports(2)
+    c = cluster(standin_process("web", a, hosts=["h1", "h2", "h3"])
+                + standin_process("api", b, host="h2", depends_on=["web"]))
+    snap = c.up()
+    procs = by_name(snap)
+    assert set(procs) == {"web-h1", "web-h2", "web-h3", "api"}
+    on_hosts = c.scan_all()
+    for name, p in procs.items():  # status tells the truth: the pid it shows runs on that host
+        assert [x["pid"] for x in on_hosts[p["host"]] if x["name"] == name] == [p["pid"]]
+    text = c.cli("status", "--cluster", c.name)
+    assert text.returncode == 0 and "web-h3" in text.stdout and "READY" in text.stdout
+    as_json = json.loads(c.cli("status", "--json", "--cluster", c.name).stdout)
+    assert as_json["launch_id"] == snap["launch_id"]
+    logs = c.cli("logs", "api", "--cluster", c.name, "-n", "5")
+    assert f"port={b}" in logs.stdout
+    down = c.cli("down", str(c.path))
+    assert down.returncode == 0, down.stderr
+    assert c.proc.wait(30) == 0
+    assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
+    after = c.cli("status", "--cluster", c.name)
+    assert after.returncode == 3 and "no dynamo-launch daemon" in after.stderr
+
+
+def test_random_kill_9_twenty_times_never_duplicates(cluster):
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, hosts=["h1", "h2", "h3"], max_restarts=100, reset_after=1.0))
+    c.up()
+    rng = random.Random(7)
+    latencies = []
+    for i in range(20):
+        name = rng.choice(["web-h1", "web-h2", "web-h3"])
+        before = by_name(c.status())[name]
+        c.kill_on_host(before["host"], before["pid"])
+        t0 = time.monotonic()
+
+        def recovered(s, name=name, old=before["pid"]):
+            p = by_name(s)[name]
+            return p["pid"] not in (None, old) and p["state"] == "READY"
+
+        deadline = time.monotonic() + 30
+        while not recovered(c.status()):  # meanwhile: never two copies of anything, anywhere
+            assert time.monotonic() < deadline, c.log()
+            for host, procs in c.scan_all().items():
+                names = [p["name"] for p in procs]
+                assert len(names) == len(set(names)) <= 1, (i, host, procs)
+            time.sleep(0.05)
+        latencies.append(time.monotonic() - t0)
+    snap = c.status()
+    assert sum(p["restarts"] for p in snap["processes"]) == 20
+    for host, procs in c.scan_all().items():
+        assert len(procs) == 1 and procs[0]["pid"] == by_name(snap)[f"web-{host}"]["pid"]
+    print(f"kill -9 → READY again: median {sorted(latencies)[10]:.2f}s, max {max(latencies):.2f}s")
+
+
+def test_gang_across_two_hosts_restarts_every_member(cluster):
+    a, b = ports(2)
+    c = cluster(standin_process("lead", a, host="h1", gang="pair")
+                + standin_process("follow", b, host="h2", gang="pair", depends_on=["lead"]))
+    snap = c.up()
+    old = {n: p["pid"] for n, p in by_name(snap).items()}
+    c.kill_on_host("h2", old["follow"])
+    snap = c.wait(lambda s: s["gangs"][0]["generation"] == 2 and s["gangs"][0]["state"] == "RUNNING")
+    new = by_name(snap)
+    assert new["lead"]["pid"] != old["lead"] and new["follow"]["pid"] != old["follow"]
+    assert new["lead"]["generation"] == new["follow"]["generation"] == 2
+    on_hosts = c.scan_all()
+    assert {p["generation"] for ps in on_hosts.values() for p in ps} == {"2"}  # nothing of gen 1 survives
+    assert sum(len(ps) for ps in on_hosts.values()) == 2
+
+
+def test_crash_loop_backs_off_to_the_cap_then_fails_and_restart_recovers(cluster):
+    (port,) = ports(1)
+    c = cluster(standin_process("loop", port, host="h3", max_restarts=5, health=False,
+                                extra=["--crash-after", "0.3", "--exit-code", "7"]))
+    c.up(wait_ready=False)
+    snap = c.wait(lambda s: by_name(s)["loop"]["state"] == "FAILED", 60)
+    assert by_name(snap)["loop"]["last_exit"] == {"code": 7, "signal": None}
+    delays = [e["delay"] for e in c.request("events")["events"] if e["kind"] == "restarting"]
+    assert delays == [0.0, 0.5, 1.0, 2.0, 2.0]  # immediate, doubling, capped at backoff_max
+    r = c.cli("restart", "loop", "--cluster", c.name)
+    assert r.returncode == 0 and "loop" in r.stdout
+    c.wait(lambda s: by_name(s)["loop"]["state"] != "FAILED", 10)
+    c.wait(lambda s: by_name(s)["loop"]["state"] == "FAILED", 60)  # still crashing: fails again, budget reset
+
+
+def test_alive_but_failing_health_is_restarted(cluster, bed):
+    (port,) = ports(1)
+    c = cluster(standin_process("sick", port, host="h2"))
+    snap = c.up()
+    old = by_name(snap)["sick"]["pid"]
+    address = bed.host("h2").address
+    urllib.request.urlopen(f"http://{address}:{port}/unhealthy", timeout=5).read()
+    snap = c.wait(lambda s: by_name(s)["sick"]["pid"] not in (None, old) and by_name(s)["sick"]["state"] == "READY")
+    assert by_name(snap)["sick"]["last_exit"]["signal"] == signal.SIGTERM
+    assert [p["pid"] for p in c.scan("h2")] == [by_name(snap)["sick"]["pid"]]
+
+
+def test_daemon_killed_5_times_adopts_every_worker(cluster):
+    a, b, d = ports(3)
+    c = cluster(standin_process("web", a, hosts=["h1", "h2", "h3"])
+                + standin_process("lead", b, host="h1", gang="pair")
+                + standin_process("follow", d, host="h3", gang="pair", depends_on=["lead"]))
+    first = c.up()
+    pids = {n: p["pid"] for n, p in by_name(first).items()}
+    for _ in range(5):
+        c.kill_daemon()
+        snap = c.up()
+        assert snap["launch_id"] == first["launch_id"]
+        assert {n: p["pid"] for n, p in by_name(snap).items()} == pids
+        assert all(p["restarts"] == 0 and p["generation"] == 1 for p in snap["processes"])
+    assert sum(len(ps) for ps in c.scan_all().values()) == 5
+
+
+def test_partition_longer_than_keepalive_then_heal_keeps_one_copy(cluster, bed):
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, hosts=["h1", "h2"], interval=1.0, threshold=30))
+    snap = c.up()
+    pid = by_name(snap)["web-h2"]["pid"]
+    bed.link("h2", False)
+    try:
+        c.wait(lambda s: by_name(s)["web-h2"]["state"] == "UNKNOWN", 20)
+        time.sleep(3)  # well past the keepalive: still UNKNOWN, nothing started elsewhere
+        snap = c.status()
+        assert by_name(snap)["web-h2"]["state"] == "UNKNOWN" and by_name(snap)["web-h1"]["state"] == "READY"
+        assert [p["pid"] for p in c.scan("h2")] == [pid]
+    finally:
+        bed.link("h2", True)
+    snap = c.wait(lambda s: by_name(s)["web-h2"]["state"] == "READY", 40)
+    assert by_name(snap)["web-h2"]["pid"] == pid and by_name(snap)["web-h2"]["restarts"] == 0
+    assert [p["pid"] for p in c.scan("h2")] == [pid]
+
+
+def test_unknown_host_key_refuses_before_starting_anything(cluster, bed, tmp_path):
+    (port,) = ports(1)
+    partial = tmp_path / "known_hosts_without_h3"
+    h3 = bed.host("h3").address
+    partial.write_text("".join(line + "\n" for line in Path(bed.known_hosts).read_text().splitlines()
+                               if line and not line.split()[0].split(",")[0].strip("[]").startswith(h3)))
+    c = cluster(standin_process("web", port, hosts=["h1", "h2", "h3"]), known_hosts=str(partial))
+    r = c.cli("up", str(c.path), "--log-format", "json", timeout=60)
+    assert r.returncode == 1
+    assert "h3" in r.stderr and "SHA256:" in r.stderr and "ssh-keyscan" in r.stderr
+    assert "nothing was started" in r.stderr
+    for h in ("h1", "h2", "h3"):  # no stand-in and no record anywhere
+        ps = bed.exec(h, ["sh", "-c", f"ls {c.state_dir}/run 2>/dev/null; pgrep -f '[s]tandin.py --port {port}' || true"],
+                      capture_output=True, text=True, timeout=10)
+        assert ps.stdout.strip() == "", (h, ps.stdout)
+
+
+def test_hostile_inventory_strings_reach_argv_unchanged_over_ssh(cluster, bed):
+    (port,) = ports(1)
+    hostile = ["; touch /tmp/pwned", "$(touch /tmp/pwned2)", "`id`", "it's", 'say "hi"', "a b  c", "$HOME", "*", "\\n"]
+    c = cluster(standin_process("odd", port, host="h2", extra=["--argv-file", "/tmp/odd-argv.json", "--", *hostile]))
+    c.up()
+    got = bed.exec("h2", ["cat", "/tmp/odd-argv.json"], capture_output=True, text=True, timeout=10)
+    assert json.loads(got.stdout)[-len(hostile):] == hostile
+    left = bed.exec("h2", ["sh", "-c", "ls /tmp/pwned /tmp/pwned2 2>/dev/null || true"], capture_output=True,
+                    text=True, timeout=10)
+    assert left.stdout.strip() == ""
+    assert c.cli("down", str(c.path)).returncode == 0
