@@ -411,6 +411,9 @@ class Runner:
             return
         if kind == "liveness":
             await asyncio.sleep(probe.interval)
+        # Readiness is polled fast at first (a restarted stand-in or frontend binds within
+        # milliseconds), then every second at most (a 405B model loads for many minutes).
+        delay = 0.05
         while True:
             ok, detail = await self.probe(probe)
             p.health = detail
@@ -418,7 +421,8 @@ class Runner:
                 self.post(("proc", p.name), Probe(kind, ok, detail))  # type: ignore[arg-type]
                 if kind == "readiness":
                     return
-            await asyncio.sleep(probe.interval if kind == "liveness" else min(probe.interval, 0.5))
+            delay = probe.interval if kind == "liveness" else min(delay * 2, probe.interval, 1.0)
+            await asyncio.sleep(delay)
 
     async def probe(self, probe: ProbeSpec) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
