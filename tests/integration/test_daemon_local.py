@@ -7,6 +7,7 @@ test_daemon_testbed.py. Every test kills whatever its launch left behind, by lau
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import os
 import signal
@@ -239,3 +240,45 @@ def test_hostile_strings_reach_argv_unchanged(harness, tmp_path):
     argv = json.loads(out.read_text())
     assert argv[-len(hostile):] == hostile
     assert not Path("/tmp/pwned-dl").exists()
+
+
+def test_secrets_reach_the_process_but_never_state_events_or_records(harness, tmp_path, monkeypatch, capsys):
+    secret = "s3cr3t-" + os.urandom(6).hex()
+    monkeypatch.setenv("DL_TEST_TOKEN", secret)
+    port = free_port()
+    h = harness(standin_process("tok", port, host="local", bind="127.0.0.1")
+                .replace('[processes.restart]', 'env = { API_TOKEN = "${DL_TEST_TOKEN}" }\n[processes.restart]', 1))
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        pid = h.proc("tok").machine.pid
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert f"API_TOKEN={secret}".encode() in f.read().split(b"\0")
+        from dynamo_launch.daemon import snapshot
+
+        seen = [json.dumps(snapshot(d)), json.dumps(list(d.events)), (h.tmp / "state" / "state.json").read_text()]
+        seen += [p.read_text() for p in (h.tmp / "state" / "run").glob("*.json")]
+        await h.down()
+        return seen
+
+    for text in arun(go()):
+        assert secret not in text
+    out = capsys.readouterr()
+    assert secret not in out.out and secret not in out.err
+
+
+def test_a_second_daemon_for_the_same_cluster_is_refused(harness):
+    from dynamo_launch.daemon import AlreadyRunning
+
+    h = harness(standin_process("web", free_port(), host="local", bind="127.0.0.1"))
+
+    async def go():
+        await h.up()
+        second = Daemon(h.plan, h.inv, str(h.path))
+        with pytest.raises(AlreadyRunning, match="already supervises cluster 't'"):
+            await second.prepare(preflight=False)
+        await second.close()
+        await h.down()
+
+    arun(go())

@@ -359,3 +359,16 @@ def test_hostile_inventory_strings_reach_argv_unchanged_over_ssh(cluster, bed):
                     text=True, timeout=10)
     assert left.stdout.strip() == ""
     assert c.cli("down", str(c.path)).returncode == 0
+
+
+def test_down_without_a_daemon_finds_and_stops_everything(cluster):
+    a, b = ports(2)
+    c = cluster(standin_process("web", a, hosts=["h1", "h2", "h3"])
+                + standin_process("lead", b, host="h2", gang="pair"))
+    c.up()
+    c.kill_daemon()
+    assert sum(len(ps) for ps in c.scan_all().values()) == 4  # the workers outlive the daemon
+    r = c.cli("down", str(c.path))
+    assert r.returncode == 0, r.stderr
+    assert "stopped 4 processes" in r.stderr
+    assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
