@@ -1,0 +1,857 @@
+#!/usr/bin/env python3
+"""dynamo-launch node agent (protocol: docs/internals.md, "Node agent").
+
+Shipped to every node and run as ``python agent.py serve --state-dir DIR``. Speaks JSON lines on
+stdin/stdout: one response (same ``id``) per request, plus unsolicited ``{"event": ...}`` lines.
+Processes are started under a detached shim (``python agent.py shim``, spec on stdin) that
+records them in ``DIR/run/<name>.json`` and outlives the agent; the agent only watches them.
+
+Standard library only, Python >= 3.8, Linux: this file must run on any node as it is.
+"""
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager, suppress
+
+VERSION = "1"
+AGENT_FILE = os.path.abspath(__file__)
+OUTPUT_LIMIT = 64 * 1024  # per stream of `exec`
+READ_LIMIT = 1 << 20  # largest answer of `tail` / `read`
+SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+LAUNCH_VARS = ("DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION")
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-")
+DEAD = ("Z", "X", "x")  # process states that count as gone
+
+
+class Refused(Exception):
+    """A request that cannot be served; ``kind`` classifies it for the daemon."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+class After:
+    """A result plus work to do once the response is out (so an exit event never precedes it)."""
+
+    def __init__(self, result, then):
+        self.result, self.then = result, then
+
+
+def note(message):
+    """A diagnostic line on stderr (stdout belongs to the protocol). Never pass env values."""
+    try:
+        sys.stderr.write("dynamo-launch agent[%d]: %s\n" % (os.getpid(), message))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def one_line(text):
+    return " ".join(str(text).split()) or "failed"
+
+
+# ---- /proc and files ---------------------------------------------------------------------------
+def boot_id():
+    """This boot's id: with pid and start time it names one process for all time."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def proc_stat(pid):
+    """``(state, start_time)`` of ``pid`` from /proc/PID/stat (start_time: field 22), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces and ')'
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError, TypeError):
+        return None
+
+
+def is_running(pid, start_time):
+    """True when ``pid`` exists, is not a zombie and started at ``start_time`` (no pid reuse)."""
+    st = proc_stat(pid) if isinstance(pid, int) and pid > 0 else None
+    return st is not None and st[1] == start_time and st[0] not in DEAD
+
+
+def record_alive(rec):
+    """True when the record's process runs now: pid + start_time + boot_id all match."""
+    return rec.get("boot_id") == boot_id() and is_running(rec.get("pid"), rec.get("start_time"))
+
+
+def write_json_atomic(path, obj):
+    """Replace ``path`` with ``obj`` so that a crash leaves the old or the new file, never half."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        data = json.dumps(obj, sort_keys=True).encode()
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(path):
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path):
+    """The JSON value in ``path``; None when the file does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+# ---- the shim: runs detached, one per spawned process ------------------------------------------
+class LogWriter:
+    """Appends a child's output to its log, rotating by size (name.log -> name.log.1 ...)."""
+
+    def __init__(self, path, max_bytes, backups):
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._open(os.O_APPEND)
+
+    def _open(self, flags):
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o644)
+        self.size, self.mid_line = os.fstat(self.fd).st_size, False
+
+    def write(self, data):
+        """Append ``data``; rotate first when it would take the file past ``max_bytes``."""
+        if 0 < self.max_bytes < self.size + len(data) and self.size > 0:
+            nl = data.find(b"\n") if self.mid_line else -1
+            if nl >= 0:  # finish the line the last chunk began, so lines stay whole
+                self._write(data[:nl + 1])
+                data = data[nl + 1:]
+            self._rotate()
+        self._write(data)
+
+    def _write(self, data):
+        if not data:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            pass  # disk full or the like: keep draining the pipe so the child never blocks
+        self.size += len(data)
+        self.mid_line = not data.endswith(b"\n")
+
+    def _rotate(self):
+        os.close(self.fd)
+        try:
+            if self.backups == 0:
+                return self._open(os.O_TRUNC)
+            for i in range(self.backups - 1, 0, -1):
+                if os.path.exists("%s.%d" % (self.path, i)):
+                    os.rename("%s.%d" % (self.path, i), "%s.%d" % (self.path, i + 1))
+            os.rename(self.path, self.path + ".1")
+        except OSError:
+            pass
+        self._open(os.O_APPEND)
+
+
+def shim_main():
+    """``agent.py shim``: read a spawn spec on stdin, detach, run the process, record its end.
+
+    The process the agent starts forks the real shim and exits at once (double fork), so the shim
+    belongs to init, not to the agent. The shim answers once on the stdout pipe it inherited:
+    ``{"ok": true, "pid", ...}`` when the program runs, else ``{"ok": false, "error"}``.
+    """
+    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a closing terminal, a group kill, a stray killall
+    report = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)  # nothing of the agent's pipes may stay open here
+    answered = []
+
+    def answer(msg):
+        if not answered:
+            answered.append(msg)
+            try:
+                os.write(report, (json.dumps(msg) + "\n").encode())
+            except OSError:
+                pass  # the agent went away; the record tells the next one
+            os.close(report)
+
+    try:
+        run_shim(spec, answer)
+    except BaseException as e:  # never leave the agent waiting without a word
+        answer({"ok": False, "error": "shim: %s: %s" % (type(e).__name__, one_line(e))})
+    os._exit(0)
+
+
+def run_shim(spec, answer):
+    """Fork the child, record it, release it, copy its output, record its exit."""
+    name, argv, run_file = spec["name"], spec["argv"], spec["run_file"]
+    try:
+        log = LogWriter(spec["log_file"], spec["log_max_bytes"], spec["log_backups"])
+    except OSError as e:
+        return answer({"ok": False, "error": "cannot open log %s: %s" % (spec["log_file"], e.strerror)})
+    env = dict(os.environ)
+    env.update(spec["env"])
+    env.update(zip(LAUNCH_VARS, (spec["launch_id"], name, str(spec["generation"]))))
+    wake_r, wake_w = os.pipe()  # SIGCHLD wakes the copy loop through it: an exit is seen at once
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    out_r, out_w = os.pipe()  # os.pipe() fds are close-on-exec: only 0-2 reach the program
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()  # closed by a successful exec; carries the error otherwise
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(argv, env, spec["cwd"], out_w, go_r, err_w)
+        finally:
+            os._exit(127)
+    for fd in (out_w, go_r, err_w):
+        os.close(fd)
+    record = {"name": name, "pid": pid, "pgid": pid, "start_time": proc_stat(pid)[1], "boot_id": boot_id(),
+              "launch_id": spec["launch_id"], "generation": spec["generation"], "argv": argv,
+              "log_file": spec["log_file"], "shim_pid": os.getpid(), "shim_start_time": proc_stat(os.getpid())[1],
+              "started_at": time.time()}
+    try:
+        write_json_atomic(run_file, record)  # on disk before the program may run
+    except OSError as e:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return answer({"ok": False, "error": "cannot write %s: %s" % (run_file, e.strerror)})
+    os.write(go_w, b"g")
+    os.close(go_w)
+    error = chunk = os.read(err_r, 4096)  # EOF once exec succeeded, or the child's error
+    while chunk:
+        chunk = os.read(err_r, 4096)
+        error += chunk
+    if not error:
+        answer({k: record[k] for k in ("pid", "pgid", "start_time", "boot_id", "shim_pid", "shim_start_time")})
+    status = copy_output(pid, out_r, wake_r, log)
+    record["exit"] = {"code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                      "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "at": time.time()}
+    if error:
+        record["exit"]["error"] = one_line(error.decode("utf-8", "replace"))
+    try:
+        current = read_json(run_file)
+        if current and current.get("pid") == pid and current.get("start_time") == record["start_time"]:
+            write_json_atomic(run_file, record)  # not if the name was forgotten and reused meanwhile
+    except (OSError, ValueError):
+        pass
+    if error:
+        answer({"ok": False, "error": record["exit"]["error"]})
+
+
+def child(argv, env, cwd, out_w, go_r, err_w):
+    """In the forked child: detach, wait for the shim's go, exec; report a failure on ``err_w``."""
+    os.setsid()  # own session and process group (pgid == pid): killpg reaches its descendants
+    signal.set_wakeup_fd(-1)
+    for sig in range(1, signal.NSIG):  # ignored signals (SIGPIPE by Python, SIGHUP...) survive exec
+        with suppress(OSError, ValueError, RuntimeError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(out_w, 1)
+    os.dup2(out_w, 2)
+    if os.read(go_r, 1) != b"g":
+        os._exit(1)  # the shim died before the record was written: never run unrecorded
+    try:
+        if cwd:
+            os.chdir(cwd)
+    except OSError as e:
+        os.write(err_w, ("cannot chdir to %r: %s" % (cwd, e.strerror)).encode())
+        os._exit(126)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        os.write(err_w, ("cannot run %r: %s" % (argv[0], e.strerror or e)).encode())
+        os._exit(127 if isinstance(e, FileNotFoundError) else 126)
+
+
+def copy_output(pid, out_r, wake_r, log):
+    """Copy the child's output into ``log`` until it exits, then drain the pipe; its wait status."""
+    fds = [out_r, wake_r]
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        ready = select.select(fds, [], [], 1.0)[0]  # the timeout is only a safety net
+        if wake_r in ready:
+            with suppress(BlockingIOError):
+                os.read(wake_r, 512)
+        if out_r in ready:
+            data = os.read(out_r, 65536)
+            if data:
+                log.write(data)
+            else:
+                fds.remove(out_r)  # EOF: only the exit remains
+    # What the child wrote before it exited is in the pipe: take it all. Never block (a
+    # descendant may hold the pipe open) and never loop on one that keeps writing.
+    os.set_blocking(out_r, False)
+    for _ in range(1024):
+        try:
+            data = os.read(out_r, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        log.write(data)
+    return status
+
+
+# ---- the agent ---------------------------------------------------------------------------------
+class Watcher:
+    """Turns the end of spawned and adopted processes into ``exit`` events.
+
+    Waits on the shim while it lives (it exits right after writing the exit into the record),
+    else on the child itself: with pidfds and poll() where the kernel has them, else by looking
+    at /proc every 0.2 s. Only the watcher thread touches the pidfds.
+    """
+
+    def __init__(self, agent):
+        self.agent, self.lock, self.entries = agent, threading.Lock(), {}
+        self.signalled = set()  # (pid, start_time) the agent sent TERM/KILL to
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        threading.Thread(target=self.run, name="watcher", daemon=True).start()
+
+    def add(self, rec):
+        """Watch the process of record ``rec`` (a no-op when it is watched already)."""
+        key = (rec["name"], rec.get("pid"), rec.get("start_time"))
+        candidates = [(rec.get("shim_pid"), rec.get("shim_start_time")), key[1:]]
+        entry = {"key": key, "rec": rec, "fd": None, "target": None,
+                 "candidates": candidates if rec.get("boot_id") == boot_id() else []}
+        with self.lock:
+            self.entries.setdefault(key, entry)
+        self.wake()
+
+    def wait_reported(self, name, timeout=1.0):
+        """Give the exit of an earlier process of ``name`` time to go out before its record goes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not any(k[0] == name for k in self.entries):
+                    return
+            self.wake()
+            time.sleep(0.005)
+
+    def wake(self):
+        with suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self.wake_w, b"x")
+
+    def _arm(self, e):
+        """Point ``e`` at the first of (shim, child) still running; False when none is."""
+        if e["fd"] is not None:
+            os.close(e["fd"])
+            e["fd"] = None
+        while e["candidates"]:
+            pid, start = e["candidates"].pop(0)
+            if not is_running(pid, start):
+                continue
+            fd = None
+            if self.agent.pidfd:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                if not is_running(pid, start):  # exited (or pid reused) before the pidfd
+                    os.close(fd)
+                    continue
+            e["fd"], e["target"] = fd, (pid, start)
+            return True
+        return False
+
+    def run(self):
+        while True:
+            try:
+                self._round()
+            except Exception as e:  # keep watching whatever happens
+                note("watcher: %s: %s" % (type(e).__name__, one_line(e)))
+                time.sleep(0.2)
+
+    def _round(self):
+        with self.lock:
+            entries = list(self.entries.values())
+        # New entries get their target now; those with nothing left running are reported.
+        armed = [e for e in entries if e["target"] is not None or self._arm(e) or self._finish(e)]
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        for e in armed:
+            if e["fd"] is not None:
+                poller.register(e["fd"], select.POLLIN)
+        polling = any(e["fd"] is None for e in armed)
+        ready = {fd for fd, _ in poller.poll(200 if polling else None)}
+        with suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        for e in armed:
+            gone = e["fd"] in ready if e["fd"] is not None else not is_running(*e["target"])
+            if gone and not self._arm(e):
+                self._finish(e)
+
+    def _finish(self, e):
+        """Report the exit of ``e``'s process, with the code/signal its shim recorded (if any)."""
+        with self.lock:
+            self.entries.pop(e["key"], None)
+        name, pid, start_time = e["key"]
+        try:
+            rec = read_json(self.agent.run_file(name)) or {}
+        except (OSError, ValueError):
+            rec = {}
+        ended = rec.get("exit") if (rec.get("pid"), rec.get("start_time")) == (pid, start_time) else None
+        ended = ended or {"code": None, "signal": None, "at": time.time()}  # shim killed: unknown
+        self.agent.send({"event": "exit", "name": name, "pid": pid, "generation": e["rec"].get("generation"),
+                         "launch_id": e["rec"].get("launch_id"), "code": ended.get("code"),
+                         "signal": ended.get("signal"), "at": ended.get("at"),
+                         "by_signal_from_us": (pid, start_time) in self.signalled})
+        return False
+
+
+def pidfd_works():
+    """True when os.pidfd_open works here (Python >= 3.9, Linux >= 5.3)."""
+    if os.environ.get("DYNAMO_AGENT_NO_PIDFD") or not hasattr(os, "pidfd_open"):
+        return False  # the variable forces the /proc fallback (tests)
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except OSError:
+        return False
+
+
+class Agent:
+    """Serves requests, one thread each, so a slow ``exec`` blocks nothing else."""
+
+    def __init__(self, state_dir, out):
+        self.state_dir = os.path.abspath(state_dir)
+        self.run_dir = os.path.join(self.state_dir, "run")
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        self.out, self.out_lock = out, threading.Lock()
+        self.names_lock, self.name_locks = threading.Lock(), {}
+        self.execs = set()  # running `exec` commands, killed when the agent ends
+        self.pidfd = pidfd_works()
+        self.watcher = Watcher(self)
+
+    def send(self, msg):
+        """Write one protocol line; the daemon being gone ends the agent."""
+        line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        with self.out_lock:
+            try:
+                self.out.write(line)
+                self.out.flush()
+            except (OSError, ValueError):
+                self.shutdown()
+
+    def shutdown(self):
+        """Leave: spawned processes run on (they are detached); `exec` commands do not."""
+        for proc in list(self.execs):
+            kill_group(proc.pid, signal.SIGKILL)
+        os._exit(0)
+
+    def handle(self, line):
+        """Answer one request line; never raises."""
+        try:
+            req = json.loads(line.decode("utf-8"))
+        except ValueError as e:
+            req = Refused("bad-request", "bad JSON: %s" % e)
+        rid = req.get("id") if isinstance(req, dict) else None
+        try:
+            if not isinstance(req, dict):
+                raise req if isinstance(req, Refused) else Refused("bad-request", "a request is a JSON object")
+            op = req.get("op")
+            handler = getattr(self, "op_" + op, None) if isinstance(op, str) and op.isidentifier() else None
+            if handler is None:
+                raise Refused("bad-request", "unknown op %r" % (op,))
+            result = handler(req)
+            then = None
+            if isinstance(result, After):
+                result, then = result.result, result.then
+            self.send({"id": rid, "ok": True, "result": result})
+            return then and then()
+        except Refused as e:
+            kind, error = e.kind, str(e)
+        except Exception as e:
+            note("internal error: %s: %s" % (type(e).__name__, one_line(e)))
+            kind, error = "internal", "%s: %s" % (type(e).__name__, e)
+        self.send({"id": rid, "ok": False, "error": one_line(error), "kind": kind})
+
+    @contextmanager
+    def name_lock(self, name):
+        """Serialize spawn/forget of ``name``: across threads, and across agents (flock on run/NAME.lock)."""
+        with self.names_lock:
+            lock = self.name_locks.setdefault(name, threading.Lock())
+        with lock:
+            fd = os.open(os.path.join(self.run_dir, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def run_file(self, name):
+        return os.path.join(self.run_dir, name + ".json")
+
+    def record(self, name):
+        try:
+            return read_json(self.run_file(name))
+        except (OSError, ValueError) as e:
+            raise Refused("internal", "record of %s unreadable: %s" % (name, e))
+
+    def replaceable(self, name, verb):
+        """Check that the record of ``name`` may go: refuse while its process runs."""
+        rec = self.record(name)
+        if rec is None:
+            return None
+        if record_alive(rec):  # never two copies
+            raise Refused(verb, "%s is already running as pid %s" % (name, rec.get("pid")))
+        deadline = time.monotonic() + 3.0
+        while "exit" not in rec and is_running(rec.get("shim_pid"), rec.get("shim_start_time")):
+            if time.monotonic() > deadline:  # dead child, shim still writing its exit
+                raise Refused(verb, "the shim (pid %s) of %s is still finishing" % (rec.get("shim_pid"), name))
+            time.sleep(0.01)
+            rec = self.record(name) or {"exit": None}
+        self.watcher.wait_reported(name)
+        return rec
+
+    # -- ops --
+    def op_hello(self, req):
+        return {"boot_id": boot_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
+                "python": sys.version.split()[0], "executable": sys.executable, "pidfd": self.pidfd,
+                "time": time.time(), "version": VERSION, "state_dir": self.state_dir}
+
+    def op_ping(self, req):
+        return {"time": time.time()}
+
+    def op_spawn(self, req):
+        name = arg_name(req)
+        spec = {"name": name, "argv": arg_argv(req), "env": arg_env(req), "cwd": arg_path(req, "cwd", None),
+                "log_file": arg_path(req, "log_file", os.path.join(self.state_dir, "logs", name + ".log")),
+                "launch_id": arg(req, "launch_id", str), "generation": arg(req, "generation", int, 0),
+                "log_max_bytes": arg(req, "log_max_bytes", int, 64 << 20),
+                "log_backups": arg(req, "log_backups", int, 3), "run_file": self.run_file(name)}
+        if not spec["launch_id"] or spec["log_max_bytes"] < 0 or not 0 <= spec["log_backups"] <= 1000:
+            raise Refused("bad-request", "need a launch_id, log_max_bytes >= 0 and 0 <= log_backups <= 1000")
+        with self.name_lock(name):
+            self.replaceable(name, "exists")
+            msg = self.start_shim(spec)
+        if "pid" not in msg:
+            raise Refused("spawn-failed", "%s: %s" % (name, msg.get("error")))
+        rec = dict(msg, name=name, launch_id=spec["launch_id"], generation=spec["generation"])
+        return After({k: msg[k] for k in ("pid", "pgid", "start_time", "boot_id")}, lambda: self.watcher.add(rec))
+
+    def start_shim(self, spec, timeout=30.0):
+        """Start the detached shim: a fresh interpreter, as forking this threaded process is unsafe."""
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}  # scans must not find shims
+        proc = subprocess.Popen([sys.executable or "python3", "-I", "-S", AGENT_FILE, "shim"], cwd="/", env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                close_fds=True, start_new_session=True)
+        out, deadline = b"", time.monotonic() + timeout
+        try:
+            with suppress(BrokenPipeError):
+                proc.stdin.write(json.dumps(spec).encode())  # env travels here, never on a command line
+            with suppress(BrokenPipeError):
+                proc.stdin.close()
+            proc.wait(timeout)  # the intermediate process exits right after forking the shim
+            while b"\n" not in out and select.select([proc.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            proc.stdout.close()
+        if b"\n" not in out:
+            return {"error": "the shim gave no answer (exit status %s)" % proc.returncode}
+        return json.loads(out.split(b"\n", 1)[0].decode())
+
+    def op_list(self, req):
+        records = []
+        for fn in sorted(os.listdir(self.run_dir)):
+            if fn.endswith(".json"):  # not the temp files of an atomic write
+                try:
+                    rec = read_json(os.path.join(self.run_dir, fn))
+                    rec["alive"] = record_alive(rec)
+                except (OSError, ValueError, TypeError, AttributeError) as e:
+                    rec = {"name": fn[:-5], "alive": False, "error": "unreadable: %s" % one_line(e)}
+                records.append(rec)
+        return records
+
+    def op_watch(self, req):
+        name = arg_name(req)
+        rec = self.record(name)
+        if rec is None:
+            raise Refused("not-found", "no record of %s" % name)
+        return After({"alive": record_alive(rec)}, lambda: self.watcher.add(rec))  # dead: exit event at once
+
+    def op_signal(self, req):
+        arg_name(req)
+        pid, start_time, sig = arg(req, "pid", int), arg(req, "start_time", int), arg_signal(req)
+        stat = proc_stat(pid) if pid > 0 else None
+        if stat is None or stat[1] != start_time:
+            return {"sent": False}  # gone, or the pid now belongs to someone else
+        self.watcher.signalled.add((pid, start_time))
+        return {"sent": kill_group(pid, sig)}
+
+    def op_scan(self, req):
+        return scan(arg(req, "launch_id", str))
+
+    def op_kill_scan(self, req):
+        sig, exclude = arg_signal(req), arg(req, "exclude", list, [])
+        found = [p for p in scan(arg(req, "launch_id", str)) if p["pid"] not in exclude]
+        for p in found:
+            p["sent"] = False
+            stat = proc_stat(p["pid"])
+            if stat is not None and stat[1] == p["start_time"]:  # still the one scanned
+                self.watcher.signalled.add((p["pid"], p["start_time"]))
+                try:
+                    os.kill(p["pid"], sig)
+                    p["sent"] = True
+                except OSError:
+                    pass
+        return found
+
+    def op_forget(self, req):
+        name = arg_name(req)
+        with self.name_lock(name):
+            if self.replaceable(name, "alive") is None:
+                return {"removed": False}
+            try:
+                os.unlink(self.run_file(name))
+            except FileNotFoundError:
+                return {"removed": False}
+            fsync_dir(self.run_dir)
+            return {"removed": True}
+
+    def op_exec(self, req):
+        argv, timeout = arg_argv(req), arg(req, "timeout", (int, float), 30)
+        env = dict(os.environ)
+        env.update(arg_env(req))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=env, cwd=arg_path(req, "cwd", None), close_fds=True, start_new_session=True)
+        except OSError as e:  # as a shell reports it
+            code = 127 if isinstance(e, (FileNotFoundError, NotADirectoryError)) else 126
+            return {"code": code, "signal": None, "stdout": "", "stderr": "%s: %s\n" % (argv[0], e.strerror or e),
+                    "timed_out": False}
+        self.execs.add(proc)
+        try:
+            bufs = [bytearray(), bytearray()]
+            readers = [threading.Thread(target=read_bounded, args=a, daemon=True)
+                       for a in ((proc.stdout, bufs[0]), (proc.stderr, bufs[1]))]
+            for t in readers:
+                t.start()
+            timed_out = False
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                kill_group(proc.pid, signal.SIGKILL)  # with its children: nothing of a probe lingers
+                proc.wait()
+            for t in readers:
+                t.join(1.0)  # a descendant may hold the pipe open: do not wait for it
+        finally:
+            self.execs.discard(proc)
+        rc = proc.returncode
+        return {"code": None if timed_out or rc < 0 else rc, "signal": -rc if rc < 0 and not timed_out else None,
+                "stdout": bufs[0].decode("utf-8", "replace"), "stderr": bufs[1].decode("utf-8", "replace"),
+                "timed_out": timed_out}
+
+    def op_tail(self, req):
+        lines = arg(req, "lines", int, 100)
+        if lines < 0:
+            raise Refused("bad-request", "'lines' must be >= 0")
+        with open_file(arg(req, "path", str)) as f:
+            pos, data = f.seek(0, os.SEEK_END), b""
+            while pos > 0 and data.count(b"\n") <= lines and len(data) < READ_LIMIT:
+                step = min(65536, pos)  # backwards from the end: a huge log costs nothing
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+        kept = data.splitlines(True)[-lines:] if lines else []
+        return {"text": b"".join(kept)[-READ_LIMIT:].decode("utf-8", "replace")}
+
+    def op_read(self, req):
+        offset, inode = arg(req, "offset", int, 0), arg(req, "inode", int, None)
+        max_bytes = min(max(arg(req, "max_bytes", int, 65536), 1), READ_LIMIT)
+        with open_file(arg(req, "path", str)) as f:
+            st = os.fstat(f.fileno())
+            if not 0 <= offset <= st.st_size or inode not in (None, st.st_ino):
+                offset = 0  # truncated or rotated: the new file from its start
+            f.seek(offset)
+            data = f.read(max_bytes)
+        data = data[:utf8_complete(data)]  # the rest of a character comes with the next read
+        return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data), "size": st.st_size,
+                "inode": st.st_ino}
+
+
+# ---- helpers of the ops ------------------------------------------------------------------------
+_REQUIRED = object()
+
+
+def arg(req, key, types, default=_REQUIRED):
+    """``req[key]`` checked against ``types`` (a bool is no int); ``default`` when absent or null."""
+    value = req.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise Refused("bad-request", "missing %r" % key)
+        return default
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise Refused("bad-request", "%r has the wrong type" % key)
+    return value
+
+
+def arg_name(req):
+    """A process name: also a file name under run/, so no '/' and no leading dot."""
+    name = arg(req, "name", str)
+    if not name or len(name) > 128 or not set(name) <= NAME_CHARS or name[0] in ".-":
+        raise Refused("bad-request", "bad process name %r" % name)
+    return name
+
+
+def arg_argv(req):
+    argv = arg(req, "argv", list)
+    if not argv or not argv[0] or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise Refused("bad-request", "'argv' must be a non-empty list of strings without NUL")
+    return argv
+
+
+def arg_env(req):
+    env = arg(req, "env", dict, {})
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k or not isinstance(v, str) or "\0" in v:
+            raise Refused("bad-request", "bad environment variable %r" % k)  # the name only, never the value
+    return env
+
+
+def arg_path(req, key, default):
+    path = arg(req, key, str, default)
+    if path is not None and not os.path.isabs(path):
+        raise Refused("bad-request", "%r must be an absolute path" % key)
+    return path
+
+
+def arg_signal(req):
+    sig = SIGNALS.get(arg(req, "signal", str))
+    if sig is None:
+        raise Refused("bad-request", "'signal' must be one of %s" % ", ".join(SIGNALS))
+    return sig
+
+
+def open_file(path):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise Refused("not-found", "%s: no such file" % path)
+    except OSError as e:
+        raise Refused("os-error", "%s: %s" % (path, e.strerror))
+
+
+def utf8_complete(data):
+    """Length of ``data`` without a trailing, incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return len(data)
+        if b >= 0xC0:  # a lead byte: complete if all its continuation bytes are there
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return len(data) - back if need > back else len(data)
+    return len(data)
+
+
+def kill_group(pid, sig):
+    """Signal the process group ``pid`` leads (else the process alone); True when sent."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, sig)
+            return True
+        except ProcessLookupError:
+            continue
+        except OSError:
+            return False
+    return False
+
+
+def scan(launch_id):
+    """Every live process whose environment carries ``DYNAMO_LAUNCH_ID=launch_id``."""
+    if not launch_id:
+        raise Refused("bad-request", "empty launch_id")
+    needle, found = b"DYNAMO_LAUNCH_ID=" + launch_id.encode(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                variables = f.read().split(b"\0")
+        except OSError:
+            continue  # vanished, or someone else's
+        stat = proc_stat(int(entry)) if needle in variables else None
+        if stat is None or stat[0] in DEAD:
+            continue
+        env = dict(v.split(b"=", 1) for v in variables if v.startswith(b"DYNAMO_LAUNCH_") and b"=" in v)
+        gen = env.get(b"DYNAMO_LAUNCH_GENERATION", b"").decode("utf-8", "replace")
+        found.append({"pid": int(entry), "start_time": stat[1],
+                      "name": env.get(b"DYNAMO_LAUNCH_NAME", b"").decode("utf-8", "replace") or None,
+                      "generation": int(gen) if gen.isdigit() else gen or None})
+    return found
+
+
+def read_bounded(pipe, buf):
+    """Read ``pipe`` to its end (so the writer never blocks), keeping OUTPUT_LIMIT bytes in ``buf``."""
+    try:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
+            buf += chunk[:max(0, OUTPUT_LIMIT - len(buf))]
+    except (OSError, ValueError):
+        pass
+
+
+def serve(state_dir):
+    """The request loop, until EOF on stdin: the daemon went away."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print (ours or a library's) must not corrupt the protocol
+    sys.stdout = sys.stderr
+    agent = Agent(state_dir, out)
+    for line in iter(sys.stdin.buffer.readline, b""):
+        if line.strip():
+            threading.Thread(target=agent.handle, args=(line,), daemon=True).start()
+    deadline = time.monotonic() + 1.0  # answer what is in flight (a long `exec` is cut short)
+    while threading.active_count() > 2 and time.monotonic() < deadline:  # 2: this one + watcher
+        time.sleep(0.01)
+    agent.shutdown()
+
+
+def main(argv):
+    """``agent.py serve --state-dir DIR`` | ``agent.py shim`` (internal)."""
+    if argv[:1] == ["serve"] and len(argv) == 3 and argv[1] == "--state-dir":
+        serve(argv[2])
+    elif argv == ["shim"]:
+        shim_main()
+    else:
+        sys.stderr.write("usage: agent.py serve --state-dir DIR\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
