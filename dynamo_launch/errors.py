@@ -86,34 +86,31 @@ class HostUnreachable(TransportError):
     """No SSH connection could be made to the host (after every retry)."""
 
 
-class HostKeyUnknown(TransportError):
+class _HostKeyProblem(TransportError):
+    """Shared by the two host key refusals: the offered key and the command that trusts it."""
+
+    def __init__(self, message: str, *, host: str = "", key_type: str = "", fingerprint: str = "",
+                 command: str = ""):
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+        self.command = command
+        super().__init__(message, host=host)
+
+
+class HostKeyUnknown(_HostKeyProblem):
     """The host offered a key that known_hosts does not hold; nothing was run.
 
     ``key_type``/``fingerprint`` describe the offered key; ``command`` is the
     ``ssh-keyscan … >> known_hosts`` line that trusts it (verify the fingerprint out of band).
     """
 
-    def __init__(self, message: str, *, host: str = "", key_type: str = "", fingerprint: str = "",
-                 command: str = ""):
-        self.key_type = key_type
-        self.fingerprint = fingerprint
-        self.command = command
-        super().__init__(message, host=host)
 
-
-class HostKeyChanged(TransportError):
+class HostKeyChanged(_HostKeyProblem):
     """known_hosts holds a different key for the host (possible man-in-the-middle); never connected.
 
     Not a subclass of :class:`HostKeyUnknown`, so code that offers to trust unknown keys can
     never catch this one by accident. Same attributes as :class:`HostKeyUnknown`.
     """
-
-    def __init__(self, message: str, *, host: str = "", key_type: str = "", fingerprint: str = "",
-                 command: str = ""):
-        self.key_type = key_type
-        self.fingerprint = fingerprint
-        self.command = command
-        super().__init__(message, host=host)
 
 
 class AuthenticationFailed(TransportError):

@@ -28,6 +28,7 @@ __all__ = [
     "GangAction",
     "GangAdopted",
     "GangEvent",
+    "handler_for",
     "HostBack",
     "HostLost",
     "IllegalTransition",
@@ -265,6 +266,29 @@ class StartMember:
 
     name: str
     generation: int
+
+
+def handler_for(table: dict, state: Any, timers: dict[str, float], event: object, machine: str,
+                valid: bool = True) -> str | None:
+    """The handler name ``table`` gives ``event`` in ``state``; None for a stale timer.
+
+    A ``TimerFired`` counts only while that timer is armed (at that time, when ``at`` is
+    given) and disarms it. An event the state does not accept, or one the caller found
+    invalid, raises :class:`IllegalTransition` and changes nothing.
+    """
+    if isinstance(event, TimerFired):
+        armed = timers.get(event.kind)
+        if armed is None or event.at not in (None, armed):
+            return None  # cancelled or re-armed since
+        key: object = event.kind
+    else:
+        key = type(event)
+    handler = table[state].get(key)
+    if handler is None or not valid:
+        raise IllegalTransition(machine, state.name, event)
+    if isinstance(event, TimerFired):
+        del timers[event.kind]
+    return handler
 
 
 Event = (

@@ -26,8 +26,8 @@ import enum
 from ..model import Restart
 from ..plan.spec import Gang
 from .backoff import Backoff
-from .events import (CancelTimer, ClearFailed, GangAction, GangAdopted, GangEvent, IllegalTransition, MemberDown,
-                     MemberReady, MemberStopped, Notify, SetTimer, Start, StartMember, Stop, StopMember, TimerFired)
+from .events import (CancelTimer, ClearFailed, GangAction, GangAdopted, GangEvent, MemberDown,
+                     MemberReady, MemberStopped, Notify, SetTimer, Start, StartMember, Stop, StopMember, handler_for)
 
 __all__ = ["GANG_TABLE", "GangMachine", "GangState"]
 
@@ -96,19 +96,10 @@ class GangMachine:
 
     def on(self, event: GangEvent, now: float) -> list[GangAction]:
         """Apply ``event`` at ``now``; raises IllegalTransition (state unchanged) if not accepted."""
-        if isinstance(event, TimerFired):
-            if self._timers.get(event.kind) is None or event.at not in (None, self._timers[event.kind]):
-                return []  # stale: cancelled or re-armed since
-            key: object = event.kind
-        else:
-            key = type(event)
-        handler = GANG_TABLE[self.state].get(key)
         name = getattr(event, "name", None)
-        if handler is None or (name is not None and name not in self.members):
-            raise IllegalTransition(f"gang {self.name}", self.state.name, event)
-        if isinstance(event, TimerFired):
-            del self._timers[event.kind]
-        return getattr(self, "_on_" + handler)(event, now)
+        handler = handler_for(GANG_TABLE, self.state, self._timers, event, f"gang {self.name}",
+                              valid=name is None or name in self.members)
+        return [] if handler is None else getattr(self, "_on_" + handler)(event, now)
 
     # --- handlers (named in GANG_TABLE) ---------------------------------------------------------
 

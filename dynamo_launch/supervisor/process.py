@@ -39,7 +39,7 @@ from ..plan.spec import ProcessSpec
 from .backoff import Backoff
 from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, HostBack, HostLost,
                      IllegalTransition, Kill, MemberDown, Notify, Probe, SetTimer, Spawn, Spawned, SpawnFailed, Start,
-                     StartProbes, Stop, StopProbes, TimerFired, TimerKind)
+                     StartProbes, Stop, StopProbes, TimerFired, TimerKind, handler_for)
 
 __all__ = ["ExitInfo", "MachineConfig", "ProcessMachine", "State", "TABLE"]
 
@@ -151,18 +151,8 @@ class ProcessMachine:
 
     def on(self, event: Event, now: float) -> list[Action]:
         """Apply ``event`` at time ``now``; raises IllegalTransition (state unchanged) if not accepted."""
-        if isinstance(event, TimerFired):
-            if self._timers.get(event.kind) is None or event.at not in (None, self._timers[event.kind]):
-                return []  # stale: cancelled or re-armed since
-            key: object = event.kind
-        else:
-            key = type(event)
-        handler = TABLE[self.state].get(key)
-        if handler is None:
-            raise IllegalTransition(self.name or "process", self.state.name, event)
-        if isinstance(event, TimerFired):
-            del self._timers[event.kind]
-        return getattr(self, "_on_" + handler)(event, now)
+        handler = handler_for(TABLE, self.state, self._timers, event, self.name or "process")
+        return [] if handler is None else getattr(self, "_on_" + handler)(event, now)
 
     # --- handlers (named in TABLE) --------------------------------------------------------------
 

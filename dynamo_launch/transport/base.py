@@ -20,9 +20,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..errors import TransportError
+from ..errors import ChannelClosed, TransportError
 
-__all__ = ["Channel", "Completed", "Transport", "remote_command"]
+__all__ = ["Channel", "Completed", "LineChannel", "Transport", "decode_line", "remote_command"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -140,6 +140,64 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def stderr_tail(self) -> str:
         """The last lines the process wrote to stderr, joined with `` | `` (for messages)."""
+
+
+class LineChannel(Channel):
+    """What the local and SSH channels share: a process object with ``stdin``/``stdout``/
+    ``returncode``, its stderr tail, and how a vanished channel is reported.
+
+    Subclasses name the exceptions that mean "the channel is gone" (``GONE``) and how a
+    missing exit status reads (``NO_STATUS``).
+    """
+
+    GONE: tuple[type[BaseException], ...] = ()
+    NO_STATUS = "no exit status"
+
+    def __init__(self, proc, owner: "Transport", tail: "StderrTail"):
+        self._proc = proc
+        self._owner = owner
+        self._tail = tail
+        self._stderr_task = asyncio.create_task(tail.drain(proc.stderr.readline))
+        self._closed = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def stderr_tail(self) -> str:
+        return self._tail.text()
+
+    def _gone(self, what: str) -> ChannelClosed:
+        code = self._proc.returncode
+        status = f"exit status {code}" if code is not None else self.NO_STATUS
+        tail = self._tail.text()
+        return ChannelClosed(
+            f"{self._owner.describe()}: channel closed ({what}; {status})" + (f": {tail}" if tail else ""),
+            host=self._owner.host,
+        )
+
+    async def write_line(self, line: str) -> None:
+        if "\n" in line:
+            raise ValueError("a line must not contain a newline")
+        if self._closed:
+            raise self._gone("closed by us")
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            await self._proc.stdin.drain()
+        except self.GONE as e:
+            raise self._gone(f"write failed: {self._why(e)}") from None
+
+    @staticmethod
+    def _why(e: BaseException) -> str:
+        """One line for an exception in ``GONE``."""
+        return str(e) or type(e).__name__
+
+
+def decode_line(data: bytes) -> str | None:
+    """A line read from a channel without its newline; None at end of file."""
+    if not data:
+        return None
+    return data[:-1].decode("utf-8", "replace") if data.endswith(b"\n") else data.decode("utf-8", "replace")
 
 
 class Transport(abc.ABC):

@@ -9,9 +9,9 @@ import signal
 import sys
 from typing import Mapping, Sequence
 
-from ..errors import ChannelClosed, CommandTimeout, TransportError
+from ..errors import CommandTimeout, TransportError
 from ..plan.spec import PlanHost
-from .base import Channel, Completed, StderrTail, Transport, check_argv, check_env
+from .base import Channel, Completed, LineChannel, StderrTail, Transport, check_argv, check_env, decode_line
 
 __all__ = ["LocalTransport"]
 
@@ -24,44 +24,14 @@ def _killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-class _LocalChannel(Channel):
+class _LocalChannel(LineChannel):
     """A local child process spoken to in lines."""
 
+    GONE = (BrokenPipeError, ConnectionResetError, RuntimeError)
+    NO_STATUS = "still running"
+
     def __init__(self, proc: asyncio.subprocess.Process, owner: "LocalTransport"):
-        self._proc = proc
-        self._owner = owner
-        self._tail = StderrTail()
-        assert proc.stderr is not None
-        self._stderr_task = asyncio.create_task(self._tail.drain(proc.stderr.readline))
-        self._closed = False
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    def stderr_tail(self) -> str:
-        return self._tail.text()
-
-    def _gone(self, what: str) -> ChannelClosed:
-        code = self._proc.returncode
-        status = f"exit status {code}" if code is not None else "still running"
-        tail = self._tail.text()
-        return ChannelClosed(
-            f"{self._owner.describe()}: channel closed ({what}; {status})" + (f": {tail}" if tail else ""),
-            host=self._owner.host,
-        )
-
-    async def write_line(self, line: str) -> None:
-        if "\n" in line:
-            raise ValueError("a line must not contain a newline")
-        if self._closed:
-            raise self._gone("closed by us")
-        assert self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(line.encode() + b"\n")
-            await self._proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError, RuntimeError) as e:
-            raise self._gone(f"write failed: {e}") from None
+        super().__init__(proc, owner, StderrTail())
 
     async def read_line(self) -> str | None:
         assert self._proc.stdout is not None
@@ -69,9 +39,7 @@ class _LocalChannel(Channel):
             data = await self._proc.stdout.readline()
         except ValueError as e:  # longer than the stream limit
             raise TransportError(f"{self._owner.describe()}: channel line too long: {e}", host=self._owner.host) from None
-        if not data:
-            return None
-        return data[:-1].decode("utf-8", "replace") if data.endswith(b"\n") else data.decode("utf-8", "replace")
+        return decode_line(data)
 
     async def close(self, grace: float = 2.0) -> None:
         if self._closed:

@@ -39,7 +39,7 @@ from ..errors import (
     TransportError,
 )
 from ..plan.spec import PlanHost
-from .base import Channel, Completed, StderrTail, Transport, remote_command
+from .base import Channel, Completed, LineChannel, StderrTail, Transport, decode_line, remote_command
 
 __all__ = ["SshTransport", "keyscan_type"]
 
@@ -105,15 +105,17 @@ class _Client(asyncssh.SSHClient):
         self._owner._connection_lost(self, exc)
 
 
-class _SshChannel(Channel):
+class _SshChannel(LineChannel):
     """A remote process over one SSH session channel; holds a channel slot until closed."""
 
+    GONE = _GONE
+
+    @staticmethod
+    def _why(e: BaseException) -> str:
+        return _reason(e)
+
     def __init__(self, proc: asyncssh.SSHClientProcess, owner: "SshTransport"):
-        self._proc = proc
-        self._owner = owner
-        self._tail = StderrTail(pid_marker=_PID_MARK)
-        self._stderr_task = asyncio.create_task(self._tail.drain(proc.stderr.readline))
-        self._closed = False
+        super().__init__(proc, owner, StderrTail(pid_marker=_PID_MARK))
         self._released = False
         # The slot stands for an open SSH channel: free it as soon as the channel is gone,
         # whoever closed it, not only when close() is called.
@@ -130,45 +132,16 @@ class _SshChannel(Channel):
             self._owner._slots.release()
 
     @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    @property
     def pid(self) -> int | None:
         """The remote process id (also its process group), once announced."""
         return self._tail.pid
-
-    def stderr_tail(self) -> str:
-        return self._tail.text()
-
-    def _gone(self, what: str) -> ChannelClosed:
-        code = self._proc.returncode
-        status = f"exit status {code}" if code is not None else "no exit status"
-        tail = self._tail.text()
-        return ChannelClosed(
-            f"{self._owner.describe()}: channel closed ({what}; {status})" + (f": {tail}" if tail else ""),
-            host=self._owner.host,
-        )
-
-    async def write_line(self, line: str) -> None:
-        if "\n" in line:
-            raise ValueError("a line must not contain a newline")
-        if self._closed:
-            raise self._gone("closed by us")
-        try:
-            self._proc.stdin.write(line.encode() + b"\n")
-            await self._proc.stdin.drain()
-        except _GONE as e:
-            raise self._gone(f"write failed: {_reason(e)}") from None
 
     async def read_line(self) -> str | None:
         try:
             data = await self._proc.stdout.readline()
         except _GONE as e:
             raise self._gone(_reason(e)) from None
-        if not data:
-            return None
-        return data[:-1].decode("utf-8", "replace") if data.endswith(b"\n") else data.decode("utf-8", "replace")
+        return decode_line(data)
 
     async def close(self, grace: float = 2.0) -> None:
         if self._closed:

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -29,24 +28,9 @@ pytestmark = pytest.mark.testbed
 
 DL = [PY, "-m", "dynamo_launch.cli"]
 
-# Counts the processes of a launch inside a host (run there with nsenter).
-_SCAN = r"""
-import json, os, sys
-needle = ("DYNAMO_LAUNCH_ID=" + sys.argv[1]).encode()
-out = []
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
-    try:
-        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    except OSError:
-        continue
-    if needle in env:
-        d = dict(e.split(b"=", 1) for e in env if b"=" in e)
-        out.append({"pid": int(pid), "name": d.get(b"DYNAMO_LAUNCH_NAME", b"").decode(),
-                    "generation": d.get(b"DYNAMO_LAUNCH_GENERATION", b"").decode()})
-print(json.dumps(out))
-"""
+# Counts the processes of a launch inside a host (run there with nsenter; the tree is shared).
+_SCAN = ("import json, sys; sys.path.insert(0, sys.argv[2]); from tests.daemon_harness import scan_launch; "
+         "print(json.dumps(scan_launch(sys.argv[1])))")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +139,7 @@ external = "http://127.0.0.1:2379"
     # --- the hosts -------------------------------------------------------------------------------
     def scan(self, host: str, launch_id: str | None = None) -> list[dict]:
         lid = launch_id or next(iter(self.launch_ids))
-        r = self.bed.exec(host, [PY, "-c", _SCAN, lid], capture_output=True, text=True, timeout=30)
+        r = self.bed.exec(host, [PY, "-c", _SCAN, lid, str(ROOT)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
