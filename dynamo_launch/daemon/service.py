@@ -189,7 +189,11 @@ class Daemon:
             await self._stop.wait()
             report = await self.shutdown()
         except BaseException as e:
-            self._stopped.set_exception(e if isinstance(e, Exception) else DynamoLaunchError("interrupted"))
+            if isinstance(e, Exception):
+                self._stopped.set_exception(e)
+                self._stopped.exception()  # retrieved: a `down` caller may never come
+            else:
+                self._stopped.cancel()
             raise
         self._stopped.set_result(report)
         await asyncio.sleep(0.2)  # let a `down` caller read its answer before the socket goes
