@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,7 +17,9 @@ from .inventory import load
 from .model import Inventory
 from .plan import Plan, build
 from .plan.render import count, to_json, to_text
-from .preflight import Check
+
+if TYPE_CHECKING:
+    from .preflight import Check
 
 __all__ = ["main"]
 
@@ -163,7 +166,7 @@ def status(cluster: str | None, as_json: bool, watch: bool, interval: float) -> 
 
     Exit status 3 when no daemon is running.
     """
-    from .daemon import render
+    from .status import render
 
     while True:
         snap = _ask(cluster, "status", timeout=5.0)

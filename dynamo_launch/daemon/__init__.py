@@ -10,7 +10,6 @@
 from .reconcile import Adoption, pick_launch_id, plan_adoption, strays
 from .runner import Proc, Runner
 from .service import AlreadyRunning, Daemon, PreflightFailed, StopReport
-from .status import render, snapshot
 
 __all__ = [
     "Adoption",
@@ -22,7 +21,5 @@ __all__ = [
     "StopReport",
     "pick_launch_id",
     "plan_adoption",
-    "render",
-    "snapshot",
     "strays",
 ]

@@ -34,7 +34,7 @@ from ..transport import Transport, make_transport
 from .links import HostLink
 from .reconcile import Adoption, pick_launch_id, plan_adoption
 from .runner import Runner
-from .status import snapshot
+from ..status import snapshot
 
 __all__ = ["AlreadyRunning", "Daemon", "PreflightFailed", "StopReport"]
 

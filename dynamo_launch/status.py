@@ -1,5 +1,8 @@
 """The operator's view: a status snapshot (what the control socket returns) and its table.
 
+Kept outside the daemon package so that ``dynamo-launch status`` imports nothing heavy (no
+SSH library): it only reads the socket and renders.
+
 :func:`snapshot` reads the daemon's machines; :func:`render` turns a snapshot (possibly
 received as JSON) into the text table ``dynamo-launch status`` prints. Both are cheap: the
 snapshot is answered from memory, never by asking the hosts.
@@ -12,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .service import Daemon
+    from .daemon.service import Daemon
 
 __all__ = ["render", "snapshot"]
 
