@@ -8,8 +8,9 @@ the ports launched).
 
 from __future__ import annotations
 
+from .errors import PlanError
 from .model import Backend, Executor, Inventory, Role
-from .placement import place
+from .placement import Placement, place
 from .reader import Reader
 from .tomlpos import KeyPath, format_path
 
@@ -60,20 +61,25 @@ def validate(inv: Inventory, r: Reader) -> None:
         r.problem(path, message)
     if r.problems:
         return
+    _check_process_names(inv, r, placement)
+    if r.problems:
+        return
     _check_ports(inv, r)
 
 
 def _check_hosts(inv: Inventory, r: Reader) -> set[str]:
     names: dict[str, int] = {}
     addresses: dict[str, int] = {}
-    for i, h in enumerate(inv.hosts):
-        if h.name in names:
+    for i, h in enumerate(inv.hosts):  # an empty name or address is missing: reported as such
+        if h.name and h.name in names:
             r.problem(("hosts", i, "name"), f"duplicate host name {h.name!r} (also hosts[{names[h.name]}])")
-        names.setdefault(h.name, i)
-        if h.address in addresses:
-            r.problem(("hosts", i, "address"), f"duplicate address {h.address} (also hosts[{addresses[h.address]}])")
-        addresses.setdefault(h.address, i)
-        if h.local and h.name != inv.cluster.head:
+        if h.name:
+            names.setdefault(h.name, i)
+        if h.address and h.address in addresses:
+            r.problem(("hosts", i, "address"), f"duplicate address {_show(h.address)} (also hosts[{addresses[h.address]}])")
+        if h.address:
+            addresses.setdefault(h.address, i)
+        if h.local and inv.cluster.head and h.name != inv.cluster.head:
             r.problem(("hosts", i, "local"), f"only the head ({inv.cluster.head}) can be local: the daemon runs there")
     if inv.cluster.head and inv.cluster.head not in names:
         r.problem(("cluster", "head"), f"unknown host {inv.cluster.head!r}{_known(names)}")
@@ -93,20 +99,23 @@ def _check_names(inv: Inventory, r: Reader) -> None:
 
 
 def _check_refs(inv: Inventory, r: Reader, hosts: set[str]) -> None:
-    def ref(path: KeyPath, name: str) -> None:
-        if name and name not in hosts:
+    def ref(path: KeyPath, name: str, *, required: bool = False) -> None:
+        if not name:  # a missing required key reads as "": already reported by the loader
+            if required:
+                r.problem(path, "must not be empty")
+        elif name not in hosts:
             r.problem(path, f"unknown host {name!r}{_known(hosts)}")
 
     def refs(path: KeyPath, names: tuple[str, ...]) -> None:
         seen: set[str] = set()
         for j, name in enumerate(names):
-            ref(path + (j,), name)
+            ref(path + (j,), name, required=True)
             if name in seen:
                 r.problem(path + (j,), f"host {name!r} listed twice")
             seen.add(name)
 
     if inv.frontend is not None:
-        ref(("frontend", "host"), inv.frontend.host)
+        ref(("frontend", "host"), inv.frontend.host, required=bool(inv.cluster.head))
     for i, w in enumerate(inv.workers):
         refs(("workers", i, "hosts"), w.hosts)
         if not w.hosts:
@@ -115,7 +124,7 @@ def _check_refs(inv: Inventory, r: Reader, hosts: set[str]) -> None:
         ref(("ray", "head"), inv.ray.head)
         refs(("ray", "workers"), inv.ray.workers)
         if inv.ray.head in inv.ray.workers:
-            r.problem(("ray", "workers"), f"{inv.ray.head} is the Ray head; list only the other hosts")
+            r.problem(("ray", "workers"), f"{_show(inv.ray.head)} is the Ray head; list only the other hosts")
     targets = {"nats", "etcd"} | {w.name for w in inv.workers} | {p.name for p in inv.processes}
     if inv.frontend is not None:
         targets.add("frontend")
@@ -130,7 +139,7 @@ def _check_refs(inv: Inventory, r: Reader, hosts: set[str]) -> None:
             if dep == p.name:
                 r.problem(("processes", i, "depends_on", j), "a process cannot depend on itself")
             elif dep not in targets:
-                r.problem(("processes", i, "depends_on", j), f"unknown process or group {dep!r}; known: {', '.join(sorted(targets))}")
+                r.problem(("processes", i, "depends_on", j), f"unknown process or group {dep!r}; known: {_list(targets)}")
         if p.gang and p.gang in targets:
             r.problem(("processes", i, "gang"), f"gang name {p.gang!r} is already a process or group name")
     _check_cycles(inv, r)
@@ -145,7 +154,7 @@ def _check_cycles(inv: Inventory, r: Reader) -> None:
     def visit(name: str, trail: list[str]) -> None:
         if name in trail:
             cycle = trail[trail.index(name) :] + [name]
-            r.problem(("processes", index[cycle[0]], "depends_on"), f"dependency cycle: {' → '.join(cycle)}")
+            r.problem(("processes", index[cycle[0]], "depends_on"), f"dependency cycle: {' → '.join(map(_show, cycle))}")
             return
         if name in done or name not in deps:
             return
@@ -176,14 +185,49 @@ def _check_workers(inv: Inventory, r: Reader) -> None:
             r.problem(path + ("tensor_parallel_size",), "the mocker is a CPU engine: tensor/pipeline parallel sizes must be 1")
         if w.role is Role.PREFILL and Role.DECODE not in roles:
             r.problem(path + ("role",), "a prefill group needs a decode group to hand its KV cache to (role = 'decode')")
-        if w.role is not Role.AGGREGATED and w.backend is Backend.TRTLLM and w.data_parallel_size > 1:
+        if w.backend is Backend.TRTLLM and w.data_parallel_size > 1:
             r.problem(path + ("data_parallel_size",), "data_parallel_size is not supported for trtllm; use replicas")
+        elif w.executor is Executor.RAY and w.data_parallel_size > 1:
+            r.problem(path + ("data_parallel_size",), "data_parallel_size does not work with executor = 'ray' (one engine over a Ray cluster); use executor = 'mp'")
+
+
+def _check_process_names(inv: Inventory, r: Reader, placement: Placement) -> None:
+    """The process names the planner derives (replicas, ranks, Ray nodes, one per host) must not collide."""
+    from .plan.workers import rank_name  # late import: the planner imports this module's constants
+
+    owners: dict[str, str] = {}
+
+    def claim(names: list[str], owner: str, path: KeyPath) -> None:
+        for name in names:
+            if name in owners and owners[name] != owner:
+                r.problem(path, f"starts a process called {name!r}, as {owners[name]} does; choose another name")
+            owners.setdefault(name, owner)
+
+    if inv.ray is not None:
+        claim(["ray-head", *(f"ray-{k}" for k in range(1, len(inv.ray.workers) + 1))], "ray", ("ray",))
+    for i, w in enumerate(inv.workers):
+        for replica in placement.replicas.get(w.name, ()):
+            names = [replica.name]
+            if replica.multi_node and w.backend is Backend.VLLM and w.executor is Executor.RAY:
+                names += [f"{replica.name}-ray-head", *(f"{replica.name}-ray-{k}" for k in range(1, len(replica.nodes)))]
+            elif replica.multi_node and w.backend in (Backend.VLLM, Backend.SGLANG):
+                names += [rank_name(replica, node) for node in replica.nodes[1:]]
+            claim(names, f"workers[{i}]", ("workers", i, "name"))
+    for i, p in enumerate(inv.processes):
+        claim([p.name] if len(p.hosts) == 1 else [f"{p.name}-{h}" for h in p.hosts], f"processes[{i}]", ("processes", i, "name"))
+    for i, p in enumerate(inv.processes):
+        if p.gang and p.gang in owners:
+            r.problem(("processes", i, "gang"), f"gang name {p.gang!r} is already the name of a process of {owners[p.gang]}")
 
 
 def _check_ports(inv: Inventory, r: Reader) -> None:
     from .plan.build import build  # late import: the planner imports this module's constants
 
-    plan = build(inv)
+    try:
+        plan = build(inv)
+    except PlanError as e:  # a rule the checks above missed: still one located line, never a traceback
+        r.problem((), f"cannot plan this inventory: {e}")
+        return
     used: dict[tuple[str, int], tuple[str, KeyPath]] = {}
     for proc in plan.processes:
         for port, origin in proc.ports:
@@ -195,4 +239,13 @@ def _check_ports(inv: Inventory, r: Reader) -> None:
 
 
 def _known(names: set[str] | dict[str, int]) -> str:
-    return f"; hosts are {', '.join(sorted(names))}" if names else "; no hosts are defined"
+    return f"; hosts are {_list(names)}" if names else "; no hosts are defined"
+
+
+def _list(names: set[str] | dict[str, int]) -> str:
+    return ", ".join(_show(n) for n in sorted(names))
+
+
+def _show(name: str) -> str:
+    """A name as written when it is plain, else quoted with escapes: a message stays one line."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)

@@ -35,7 +35,7 @@ from .model import (
     SshSettings,
     WorkerGroup,
 )
-from .reader import ENV_NAME, HOSTNAME, MISSING, NAME, Reader
+from .reader import ENV_NAME, HOSTNAME, NAME, Reader
 from .tomlpos import KeyPath, LineMap
 
 __all__ = ["load", "parse"]
@@ -78,6 +78,8 @@ def parse(text: str, source: str = "inventory.toml") -> Inventory:
         line = _decode_error_line(str(e))
         message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
         raise InventoryError([Problem(line, "", f"TOML syntax: {message}", source)]) from None
+    except RecursionError:
+        raise InventoryError([Problem(1, "", "TOML syntax: arrays or tables nested too deeply", source)]) from None
     r = Reader(LineMap(text), source)
     base_dir = os.path.dirname(os.path.abspath(source)) if source else ""
     inventory = _Loader(r, base_dir).inventory(raw, source)

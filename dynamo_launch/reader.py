@@ -89,6 +89,9 @@ class Reader:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             self.problem(where, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
             return default if default is not MISSING else _fallback(kind)
+        if kind is str and default is MISSING and not value:
+            self.problem(where, "must not be empty")
+            return value
         if choices and value not in choices:
             self.problem(where, f"must be one of {', '.join(choices)}; got {value!r}")
             return default if default is not MISSING else choices[0]

@@ -23,9 +23,26 @@ def format_path(path: KeyPath) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = part if part and set(part) <= _BARE else '"' + part.replace('"', '\\"') + '"'
+            text = part if part and set(part) <= _BARE else _quote(part)
             out += ("." if out else "") + text
     return out
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_UNESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _quote(key: str) -> str:
+    """``key`` as a TOML basic string, on one line: control and other unprintable characters escaped."""
+    out = []
+    for c in key:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif not c.isprintable():
+            out.append(f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 class LineMap:
@@ -39,7 +56,7 @@ class LineMap:
         self._aot_last: dict[KeyPath, int] = {}
         try:
             self._document()
-        except (IndexError, ValueError):
+        except (IndexError, ValueError, RecursionError):
             pass  # partial map: lookups fall back to enclosing keys
 
     def line(self, path: KeyPath) -> int:
@@ -155,13 +172,23 @@ class LineMap:
             if c in ("", "\n"):
                 raise ValueError("unterminated string")
             if c == "\\" and quote == '"':
-                out.append(self._peek(1))
-                self._advance(2)
+                out.append(self._escape())
                 continue
             self._advance()
             if c == quote:
                 return "".join(out)
             out.append(c)
+
+    def _escape(self) -> str:
+        """The character a basic-string escape stands for (keys are looked up by their value)."""
+        c = self._peek(1)
+        digits = {"u": 4, "U": 8}.get(c, 0)
+        if digits:
+            code = self._text[self._pos + 2 : self._pos + 2 + digits]
+            self._advance(2 + digits)
+            return chr(int(code, 16))  # tomllib accepted it: a valid scalar value
+        self._advance(2)
+        return _UNESCAPES.get(c, c)
 
     def _value(self, path: KeyPath) -> None:
         self._skip_inline_space()

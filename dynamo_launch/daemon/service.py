@@ -276,7 +276,8 @@ class Daemon:
 
     def _notify(self, name: str, n: Notify) -> None:
         self._seq += 1
-        host = self.plan.process(name).host if name in {p.name for p in self.plan.processes} else n.data.get("host")
+        proc = self.runner.procs.get(name) if self.runner is not None else None
+        host = proc.spec.host if proc is not None else n.data.get("host")
         event = {"seq": self._seq, "time": time.time(), "kind": n.kind, "process": name, "host": host,
                  "message": n.message, **{k: v for k, v in n.data.items() if k not in ("host",)}}
         self.events.append(event)
