@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -50,9 +51,14 @@ def validate(inventory: str) -> None:
 @main.command()
 @INVENTORY
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(inventory: str, as_json: bool) -> None:
+@click.option("--diff", "as_diff", is_flag=True,
+              help="Show what `reload` would change in the running cluster: new, removed, restarted, unchanged.")
+def plan(inventory: str, as_json: bool, as_diff: bool) -> None:
     """Print what `up` would start: per host, in start order, pasteable commands (secrets masked)."""
     result = _plan(inventory)
+    if as_diff:
+        click.echo(_ask(result.cluster, "diff", path=os.path.abspath(inventory))["text"], nl=False)
+        return
     click.echo(to_json(result) if as_json else to_text(result), nl=False)
 
 
@@ -106,6 +112,7 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         try:
             await daemon.prepare(on_checks=_show_checks)
         except BaseException:
@@ -211,6 +218,23 @@ def restart(target: str, cluster: str | None) -> None:
     """Restart TARGET: a process, a gang (every member, new generation) or a group; clears FAILED."""
     touched = _ask(cluster, "restart", target=target)["restarted"]
     click.echo("restarting: " + ", ".join(touched))
+
+
+@main.command()
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False))
+@CLUSTER
+def reload(inventory: str | None, cluster: str | None) -> None:
+    """Re-read the inventory (or INVENTORY) and apply the difference to the running cluster.
+
+    Unchanged processes keep running untouched; changed ones restart one group at a time
+    (gangs as a unit); removed ones stop; new ones start. A bad file changes nothing.
+    Same as SIGHUP to `up`. `plan --diff` shows the difference first.
+    """
+    if inventory:
+        cluster = cluster or _plan(inventory).cluster
+    args = {"path": os.path.abspath(inventory)} if inventory else {}
+    click.echo(_ask(cluster, "reload", **args)["text"], nl=False)
+    click.echo("reloading: follow it with `dynamo-launch events -f`")
 
 
 @main.command()

@@ -24,8 +24,10 @@ from typing import Any
 import structlog
 
 from ..control import ControlServer, socket_path
-from ..errors import DynamoLaunchError
+from ..errors import DynamoLaunchError, InventoryError
 from ..model import Inventory
+from ..plan.diff import PlanDiff, render_diff
+from ..plan.diff import diff as diff_plans
 from ..plan.spec import Plan
 from ..preflight import Check, run_preflight
 from ..state import StateFile
@@ -75,6 +77,7 @@ class Daemon:
                  transports: dict[str, Transport] | None = None):
         self.plan, self.inv, self.inventory_path = plan, inv, os.path.abspath(inventory_path)
         self.state = StateFile(plan.state_dir)
+        self.accept_new_host_keys = accept_new_host_keys
         self.transports = transports or {h.name: make_transport(h, accept_new_host_keys=accept_new_host_keys)
                                          if not h.local else make_transport(h) for h in plan.hosts}
         self.links: dict[str, HostLink] = {}
@@ -87,6 +90,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stopped: asyncio.Future | None = None
         self._control: ControlServer | None = None
+        self._reload_task: asyncio.Task | None = None
         self._log = log.bind(cluster=plan.cluster)
 
     # --- preparation ------------------------------------------------------------------------------------
@@ -143,11 +147,12 @@ class Daemon:
                                     f"{self.plan.cluster!r}: give each cluster its own state_dir")
         return saved
 
-    async def _open_links(self) -> None:
-        for h in self.plan.hosts:
+    async def _open_links(self, hosts: list | None = None) -> None:
+        hosts = list(self.plan.hosts) if hosts is None else hosts
+        for h in hosts:
             self.links[h.name] = HostLink(h, self.transports[h.name], self.plan.state_dir,
                                           on_event=self._on_agent_event, on_lost=self._on_lost, on_back=self._on_back)
-        results = await asyncio.gather(*(link.open() for link in self.links.values()), return_exceptions=True)
+        results = await asyncio.gather(*(self.links[h.name].open() for h in hosts), return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r if isinstance(r, DynamoLaunchError) else DynamoLaunchError(str(r))
@@ -261,6 +266,59 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def request_reload(self) -> None:
+        """Re-read the inventory and apply the difference (SIGHUP); a bad file changes nothing."""
+        if self.runner is None:
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            self._log.warning("reload already in progress: ignored")
+            return
+        self._reload_task = asyncio.create_task(self._reload_logged(), name="reload")
+
+    async def _reload_logged(self, path: str | None = None) -> None:
+        try:
+            await self.reload(path)
+        except DynamoLaunchError as e:
+            self._notify("", Notify("reload-failed", f"reload failed: {e}"))
+
+    def diff(self, path: str | None = None) -> tuple[Plan, Inventory, PlanDiff]:
+        """The new plan of ``path`` (default: the inventory in use) and its difference."""
+        from ..inventory import load
+        from ..plan import build
+
+        path = os.path.abspath(path or self.inventory_path)
+        try:
+            inv = load(path)
+            plan = build(inv)
+        except InventoryError as e:
+            raise DynamoLaunchError(f"{path}: not reloaded, nothing changed:\n" + str(e)) from None
+        for what in ("cluster", "state_dir", "head"):
+            if getattr(plan, what) != getattr(self.plan, what):
+                raise DynamoLaunchError(f"{path}: {what} changed ({getattr(self.plan, what)!r} → "
+                                        f"{getattr(plan, what)!r}): that needs `down` then `up`; nothing changed")
+        return plan, inv, diff_plans(self.plan, plan)
+
+    async def reload(self, path: str | None = None) -> PlanDiff:
+        """Apply the re-read inventory: see :meth:`Runner.apply`."""
+        assert self.runner is not None
+        plan, inv, d = self.diff(path)
+        started = time.monotonic()
+        self._notify("", Notify("reload", f"reload: {len(d.added)} new, {len(d.removed)} removed, "
+                                          f"{len(d.changed)} changed, {len(d.unchanged)} unchanged",
+                                {"added": list(d.added), "removed": list(d.removed), "changed": list(d.changed)}))
+        new_hosts = [h for h in plan.hosts if h.name not in self.links]
+        for h in new_hosts:
+            self.transports[h.name] = make_transport(h, accept_new_host_keys=self.accept_new_host_keys)
+        await self._open_links(new_hosts)
+        await self.runner.apply(plan, d)
+        for name in [n for n in self.links if n not in {h.name for h in plan.hosts}]:
+            await self.links.pop(name).close()
+        self.plan, self.inv = plan, inv
+        self.inventory_path = os.path.abspath(path or self.inventory_path)
+        self.save()
+        self._notify("", Notify("reloaded", f"reload done in {time.monotonic() - started:.1f}s"))
+        return d
+
     # --- state, events, control ------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -308,6 +366,14 @@ class Daemon:
             return {"events": [e for e in self.events if e["seq"] > since]}
         if op == "logs":
             return await self._logs(str(req["name"]), req)
+        if op == "diff":
+            return {"text": render_diff(self.diff(req.get("path"))[2])}
+        if op == "reload":
+            d = self.diff(req.get("path"))[2]
+            if self._reload_task is not None and not self._reload_task.done():
+                raise DynamoLaunchError("a reload is already in progress")
+            self._reload_task = asyncio.create_task(self._reload_logged(req.get("path")), name="reload")
+            return {"text": render_diff(d)}
         if op == "down":
             self.request_stop()
             assert self._stopped is not None

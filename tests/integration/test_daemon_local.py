@@ -282,3 +282,39 @@ def test_a_second_daemon_for_the_same_cluster_is_refused(harness):
         await h.down()
 
     arun(go())
+
+
+def test_reload_restarts_only_what_changed_and_a_bad_file_changes_nothing(harness):
+    from dynamo_launch.errors import DynamoLaunchError
+
+    web, api, a, b, side = (free_port() for _ in range(5))
+    base = (standin_process("web", web, host="local", bind="127.0.0.1")
+            + standin_process("api", api, host="local", bind="127.0.0.1", depends_on=["web"])
+            + standin_process("lead", a, host="local", bind="127.0.0.1", gang="pair")
+            + standin_process("follow", b, host="local", bind="127.0.0.1", gang="pair"))
+    h = harness(base)
+
+    async def go():
+        d = await h.up()
+        await h.until(h.all_up)
+        pids = {n: p.machine.pid for n, p in d.runner.procs.items()}
+        changed = base.replace(f'"--port", "{api}"', f'"--port", "{api}", "--ready-after", "0.1"')
+        changed += standin_process("side", side, host="local", bind="127.0.0.1")
+        changed = changed.replace(standin_process("follow", b, host="local", bind="127.0.0.1", gang="pair"), "")
+        h.path.write_text(local_inventory("t", str(h.tmp / "state"), changed))
+        diff = await d.reload()
+        assert diff.changed == ("api", "lead") and diff.added == ("side",) and diff.removed == ("follow",)
+        await h.until(h.all_up)
+        now = {n: p.machine.pid for n, p in d.runner.procs.items()}
+        assert now["web"] == pids["web"]  # unchanged: untouched
+        assert now["api"] != pids["api"] and now["lead"] != pids["lead"]
+        assert d.runner.procs["api"].machine.generation == 2 and d.runner.gangs["pair"].generation == 2
+        assert "follow" not in now and "side" in now
+        assert sorted(p["name"] for p in scan_launch(d.launch_id)) == ["api", "lead", "side", "web"]
+        h.path.write_text("[cluster]\nname = 't'\nbogus = 1\n")
+        with pytest.raises(DynamoLaunchError, match="not reloaded, nothing changed"):
+            await d.reload()
+        assert {n: p.machine.pid for n, p in d.runner.procs.items()} == now
+        await h.down()
+
+    arun(go())

@@ -1,0 +1,88 @@
+"""What a reload changes: two plans compared process by process (pure).
+
+A process is *unchanged* when everything that defines it — argv, env (secret references,
+not values), host and address, cwd, log file, probes, gates, restart policy, gang — is
+equal; its generation does not count. A changed member makes its whole gang changed (a
+multi-node replica restarts as a unit). Changed processes are grouped into *units* that a
+reload restarts one at a time, so the service stays up: a gang, or the processes of one
+inventory entry (``workers[1]``: every replica of one worker group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .spec import Plan, ProcessSpec
+
+__all__ = ["PlanDiff", "diff", "render_diff"]
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """The difference between the running plan and a new one."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    units: tuple[tuple[str, ...], ...]  # changed processes, in restart units, in start order
+    why: dict[str, str]  # changed process → what changed, for people
+
+    @property
+    def empty(self) -> bool:
+        """True when the reload would touch nothing."""
+        return not (self.added or self.removed or self.changed)
+
+
+def _same(a: ProcessSpec, b: ProcessSpec) -> bool:
+    return replace(a, generation=0) == replace(b, generation=0)
+
+
+def _what(a: ProcessSpec, b: ProcessSpec) -> str:
+    fields = [f for f in ("argv", "env", "host", "address", "cwd", "log_file", "readiness", "liveness", "depends_on",
+                          "restart", "group", "leader", "startup_timeout", "start_secs", "gpus", "kind")
+              if getattr(a, f) != getattr(b, f)]
+    return ", ".join(fields) or "settings"
+
+
+def diff(old: Plan, new: Plan) -> PlanDiff:
+    """Compare ``old`` (running) with ``new`` (the re-read inventory)."""
+    old_p = {p.name: p for p in old.processes}
+    new_p = {p.name: p for p in new.processes}
+    why = {n: _what(old_p[n], new_p[n]) for n in new_p if n in old_p and not _same(old_p[n], new_p[n])}
+    old_gangs = {g.name: set(g.members) for g in old.gangs}
+    for g in new.gangs:  # one member changed, or the membership changed: the whole gang restarts
+        touched = [m for m in g.members if m in why] or (
+            [m for m in g.members if m in old_p] if old_gangs.get(g.name) != set(g.members) else [])
+        for m in g.members:
+            if touched and m in old_p and m not in why:
+                why[m] = f"gang {g.name} restarts as a unit"
+    unit_of: dict[str, str] = {}
+    for p in new.processes:
+        if p.name in why:
+            unit_of[p.name] = f"gang {p.group}" if p.group else (p.origin or p.name)
+    units: dict[str, list[str]] = {}
+    for p in new.processes:  # start order: a unit restarts after what it depends on
+        if p.name in unit_of:
+            units.setdefault(unit_of[p.name], []).append(p.name)
+    return PlanDiff(
+        added=tuple(n for n in new_p if n not in old_p),
+        removed=tuple(n for n in old_p if n not in new_p),
+        changed=tuple(n for n in new_p if n in why),
+        unchanged=tuple(n for n in new_p if n in old_p and n not in why),
+        units=tuple(tuple(ms) for ms in units.values()),
+        why=why,
+    )
+
+
+def render_diff(d: PlanDiff) -> str:
+    """The diff as lines an operator reads before a reload."""
+    if d.empty:
+        return "no change: a reload would leave every process running untouched\n"
+    lines = []
+    lines += [f"+ {n} (new: started)" for n in d.added]
+    lines += [f"- {n} (removed: stopped)" for n in d.removed]
+    for i, unit in enumerate(d.units, 1):
+        lines += [f"~ {n} (restarted, step {i}/{len(d.units)}: {d.why[n]})" for n in unit]
+    lines.append(f"= {len(d.unchanged)} unchanged (keep running)")
+    return "\n".join(lines) + "\n"
