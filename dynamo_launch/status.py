@@ -45,6 +45,7 @@ def snapshot(daemon: "Daemon") -> dict[str, Any]:
             "generation": m.generation,
             "last_exit": None if last is None else {"code": last.code, "signal": last.signal},
             "health": p.health,
+            "probe_seconds": None if p.probe_seconds is None else round(p.probe_seconds, 4),
         })
     gangs = [{"name": g, "state": m.state.name, "generation": m.generation, "restarts": m.restarts,
               "members": list(m.members), "reason": m.reason} for g, m in runner.gangs.items()]
@@ -52,7 +53,7 @@ def snapshot(daemon: "Daemon") -> dict[str, Any]:
              for n, link in daemon.links.items()]
     return {"cluster": daemon.plan.cluster, "launch_id": daemon.launch_id, "daemon_pid": os.getpid(),
             "inventory": daemon.inventory_path, "started": daemon.started, "now": now_wall, "hosts": hosts,
-            "processes": procs, "gangs": gangs}
+            "processes": procs, "gangs": gangs, "timings": dict(daemon.timings)}
 
 
 def _exit_text(last: dict[str, Any] | None) -> str:

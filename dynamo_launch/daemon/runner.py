@@ -55,6 +55,7 @@ class Proc:
         self.started_wall: float | None = None
         self.early_exits: dict[int, dict[str, Any]] = {}  # exit reports that beat their spawn's answer
         self.exit_latency: float | None = None  # seconds from the exit on the node to the daemon
+        self.probe_seconds: float | None = None  # duration of the last health probe
 
     @property
     def name(self) -> str:
@@ -491,8 +492,9 @@ class Runner:
         # milliseconds), then every second at most (a 405B model loads for many minutes).
         delay = 0.05
         while True:
+            started = self.now()
             ok, detail = await self.probe(probe)
-            p.health = detail
+            p.health, p.probe_seconds = detail, self.now() - started
             if kind == "liveness" or ok:
                 self.post(("proc", p.name), Probe(kind, ok, detail))  # type: ignore[arg-type]
                 if kind == "readiness":

@@ -31,7 +31,7 @@ from ..plan.diff import diff as diff_plans
 from ..plan.spec import Plan
 from ..preflight import Check, run_preflight
 from ..state import StateFile
-from ..supervisor import Notify
+from ..supervisor import Notify, State
 from ..transport import Transport, make_transport
 from .links import HostLink
 from .reconcile import Adoption, pick_launch_id, plan_adoption
@@ -85,6 +85,7 @@ class Daemon:
         self.launch_id = ""
         self.started = time.time()
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.timings: dict[str, float] = {"reloads": 0}  # up_seconds, reload_seconds: for metrics
         self._seq = 0
         self._lock_fd: int | None = None
         self._stop = asyncio.Event()
@@ -190,8 +191,10 @@ class Daemon:
         if control:
             self._control = ControlServer(socket_path(self.plan.cluster), self._handle)
             await self._control.start()
+        settle = asyncio.create_task(self._settled(), name="bring-up")
         try:
             await self._stop.wait()
+            settle.cancel()
             report = await self.shutdown()
         except BaseException as e:
             if isinstance(e, Exception):
@@ -205,6 +208,15 @@ class Daemon:
         if self._control is not None:
             await self._control.close()
         return report
+
+    async def _settled(self) -> None:
+        """Note when bring-up (or adoption) is over: every process ready, running, failed or stopped."""
+        assert self.runner is not None
+        settled = (State.READY, State.RUNNING, State.FAILED, State.STOPPED)
+        await self.runner.wait_for(lambda: all(p.machine.state in settled for p in self.runner.procs.values()))
+        self.timings["up_seconds"] = round(time.time() - self.started, 3)
+        counts = collections.Counter(p.machine.state.name for p in self.runner.procs.values())
+        self._log.info("bring-up done", seconds=self.timings["up_seconds"], **{k.lower(): v for k, v in counts.items()})
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop everything and return (signal handlers call this)."""
@@ -316,7 +328,9 @@ class Daemon:
         self.plan, self.inv = plan, inv
         self.inventory_path = os.path.abspath(path or self.inventory_path)
         self.save()
-        self._notify("", Notify("reloaded", f"reload done in {time.monotonic() - started:.1f}s"))
+        self.timings["reload_seconds"] = round(time.monotonic() - started, 3)
+        self.timings["reloads"] += 1
+        self._notify("", Notify("reloaded", f"reload done in {self.timings['reload_seconds']:.1f}s"))
         return d
 
     # --- state, events, control ------------------------------------------------------------------------
