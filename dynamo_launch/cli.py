@@ -85,6 +85,8 @@ def _load(path: str) -> tuple[Inventory, Plan]:
 
 # --- running a cluster --------------------------------------------------------------------------------
 
+STOP_UNVERIFIED = 4  # `up` stopped as asked but could not verify every host (the unit does not restart it)
+
 CLUSTER = click.option("--cluster", "-c", default=None, metavar="NAME",
                        help="The cluster to talk to (needed only when several daemons run here).")
 
@@ -103,10 +105,12 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     started again.
     """
     from .daemon import Daemon, PreflightFailed
+    from .sdnotify import Notifier
 
+    notifier = Notifier()  # first: it takes systemd's variables out of the environment children inherit
     inv, plan = _load(inventory)
     logs.configure(json_output=None if log_format == "auto" else log_format == "json")
-    daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys)
+    daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier)
 
     async def run():
         loop = asyncio.get_running_loop()
@@ -127,7 +131,7 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     except DynamoLaunchError as e:
         _fail(str(e))
     _report_stop(report.stopped, report.unknown, report.leftovers)
-    sys.exit(0 if report.clean else 1)
+    sys.exit(0 if report.clean else STOP_UNVERIFIED)
 
 
 @main.command()
@@ -254,6 +258,49 @@ def events(cluster: str | None, follow: bool) -> None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         return
+
+
+@main.command("install-systemd")
+@INVENTORY
+@click.option("--dry-run", is_flag=True, help="Print what would be written and run (and the unit); change nothing.")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True, metavar="DIR",
+              help="Where the dynamo-launch@.service template goes.")
+@click.option("--conf-dir", default="/etc/dynamo-launch", show_default=True, metavar="DIR",
+              help="Where <cluster>.env (the inventory's path, secrets) goes.")
+@click.option("--no-enable", is_flag=True, help="Do not `systemctl enable` the cluster's unit.")
+def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str, no_enable: bool) -> None:
+    """Install INVENTORY's cluster as the systemd service dynamo-launch@CLUSTER.service.
+
+    Writes the template unit and CLUSTER.env (pointing at INVENTORY's absolute path; other
+    lines of an existing file are kept), then runs `systemctl daemon-reload` and `systemctl
+    enable`. It does not start the service. See docs/systemd.md.
+    """
+    from . import systemd_unit
+
+    cluster = _plan(inventory).cluster  # every problem, located, before anything is written
+    try:
+        actions = systemd_unit.install(inventory, dry_run=dry_run, unit_dir=unit_dir, conf_dir=conf_dir,
+                                       enable=not no_enable)
+    except DynamoLaunchError as e:
+        _fail(str(e))
+    if dry_run:
+        click.echo("dry run: nothing is written or run")
+    for a in actions:
+        if a.outcome in ("planned", "done"):
+            click.echo(a.describe())
+        elif a.outcome == "skipped":
+            click.echo(f"warning: not run ({a.detail}): {' '.join(a.argv)}", err=True)
+        else:
+            click.echo(f"error: {' '.join(a.argv)} failed: {a.detail}", err=True)
+    if dry_run:
+        for a in actions:
+            if a.kind == "write" and not a.note:  # the env file may hold secrets: never shown
+                click.echo(f"\n--- {a.path}\n{a.content}", nl=False)
+        return
+    unit = systemd_unit.instance(cluster)
+    click.echo(f"start it: systemctl start {unit}; its log: journalctl -u {unit} -f")
+    if any(a.outcome == "failed" for a in actions):
+        sys.exit(1)
 
 
 def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:

@@ -129,6 +129,16 @@ class Runner:
         """Queue ``event`` for the machine ``target``."""
         self._queue.put_nowait((target, event))
 
+    async def ping(self, timeout: float) -> bool:
+        """True when the event loop applies a queued marker within ``timeout`` (watchdog)."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((("ping", ""), done))
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def wait_for(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until ``condition()`` holds (checked after every applied event); False on timeout."""
         deadline = None if timeout is None else self.now() + timeout
@@ -316,6 +326,10 @@ class Runner:
     async def _run(self) -> None:
         while True:
             (kind, name), event = await self._queue.get()
+            if kind == "ping":  # the watchdog's proof that this loop still turns
+                if not event.done():
+                    event.set_result(None)
+                continue
             try:
                 if kind == "proc":
                     self._feed_proc(self.procs[name], event)

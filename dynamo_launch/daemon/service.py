@@ -30,6 +30,7 @@ from ..plan.diff import PlanDiff, render_diff
 from ..plan.diff import diff as diff_plans
 from ..plan.spec import Plan
 from ..preflight import Check, run_preflight
+from ..sdnotify import Notifier
 from ..state import StateFile
 from ..supervisor import Notify, State
 from ..transport import Transport, make_transport
@@ -74,10 +75,11 @@ class Daemon:
     """Supervises one cluster (one plan). ``transports`` overrides how hosts are reached (tests)."""
 
     def __init__(self, plan: Plan, inv: Inventory, inventory_path: str, *, accept_new_host_keys: bool = False,
-                 transports: dict[str, Transport] | None = None):
+                 transports: dict[str, Transport] | None = None, notifier: Notifier | None = None):
         self.plan, self.inv, self.inventory_path = plan, inv, os.path.abspath(inventory_path)
         self.state = StateFile(plan.state_dir)
         self.accept_new_host_keys = accept_new_host_keys
+        self.notifier = notifier or Notifier(environ={})  # systemd's, or a silent one
         self.transports = transports or {h.name: make_transport(h, accept_new_host_keys=accept_new_host_keys)
                                          if not h.local else make_transport(h) for h in plan.hosts}
         self.links: dict[str, HostLink] = {}
@@ -101,12 +103,14 @@ class Daemon:
         """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
         self._take_lock()
         saved = self._load_state()
+        self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
         if preflight:
             checks = await run_preflight(self.inv, self.plan, self.transports,
                                          adopting=list((saved or {}).get("processes", {})))
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
+        self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
         await self._open_links()
         records = {name: await link.records() for name, link in self.links.items()}
         self.launch_id = pick_launch_id((saved or {}).get("launch_id"), records) or uuid.uuid4().hex[:12]
@@ -192,9 +196,12 @@ class Daemon:
             self._control = ControlServer(socket_path(self.plan.cluster), self._handle)
             await self._control.start()
         settle = asyncio.create_task(self._settled(), name="bring-up")
+        self.notifier.ready(self.status_line())
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         try:
             await self._stop.wait()
             settle.cancel()
+            watchdog.cancel()
             report = await self.shutdown()
         except BaseException as e:
             if isinstance(e, Exception):
@@ -218,8 +225,28 @@ class Daemon:
         counts = collections.Counter(p.machine.state.name for p in self.runner.procs.values())
         self._log.info("bring-up done", seconds=self.timings["up_seconds"], **{k.lower(): v for k, v in counts.items()})
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: ``12/12 ready, 0 failed, 0 unknown``."""
+        assert self.runner is not None
+        states = collections.Counter(p.machine.state for p in self.runner.procs.values())
+        up = states[State.READY] + states[State.RUNNING]
+        return (f"{up}/{len(self.runner.procs)} ready, {states[State.FAILED]} failed, "
+                f"{states[State.UNKNOWN]} unknown, {sum(1 for x in self.links.values() if not x.up)} hosts unreachable")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the supervision loop turns; STATUS= with the counts."""
+        assert self.runner is not None
+        interval = self.notifier.watchdog_interval() or 5.0
+        while True:
+            if await self.runner.ping(interval):
+                self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+            await asyncio.sleep(interval)
+
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop everything and return (signal handlers call this)."""
+        if not self._stop.is_set():
+            self.notifier.stopping(f"stopping {len(self.plan.processes)} processes")
         self._stop.set()
 
     async def shutdown(self, reason: str = "down") -> StopReport:
@@ -292,6 +319,7 @@ class Daemon:
             await self.reload(path)
         except DynamoLaunchError as e:
             self._notify("", Notify("reload-failed", f"reload failed: {e}"))
+            self.notifier.ready(self.status_line())
 
     def diff(self, path: str | None = None) -> tuple[Plan, Inventory, PlanDiff]:
         """The new plan of ``path`` (default: the inventory in use) and its difference."""
@@ -315,6 +343,7 @@ class Daemon:
         assert self.runner is not None
         plan, inv, d = self.diff(path)
         started = time.monotonic()
+        self.notifier.reloading(f"reloading: {len(d.changed)} to restart")
         self._notify("", Notify("reload", f"reload: {len(d.added)} new, {len(d.removed)} removed, "
                                           f"{len(d.changed)} changed, {len(d.unchanged)} unchanged",
                                 {"added": list(d.added), "removed": list(d.removed), "changed": list(d.changed)}))
@@ -331,6 +360,7 @@ class Daemon:
         self.timings["reload_seconds"] = round(time.monotonic() - started, 3)
         self.timings["reloads"] += 1
         self._notify("", Notify("reloaded", f"reload done in {self.timings['reload_seconds']:.1f}s"))
+        self.notifier.ready(self.status_line())
         return d
 
     # --- state, events, control ------------------------------------------------------------------------
