@@ -9,7 +9,7 @@ the ports launched).
 from __future__ import annotations
 
 from .errors import PlanError
-from .model import Backend, Executor, Inventory, Role
+from .model import Backend, Executor, Health, Inventory, Role
 from .placement import Placement, place
 from .reader import Reader
 from .tomlpos import KeyPath, format_path
@@ -54,8 +54,9 @@ def validate(inv: Inventory, r: Reader) -> None:
     _check_names(inv, r)
     _check_refs(inv, r, hosts)
     _check_workers(inv, r)
-    if r.problems:
-        return
+    _check_health(inv, r)
+    if any(_under(p.key, "hosts", "workers") for p in r.problems):
+        return  # placement needs well-formed hosts and groups; other problems do not hide its findings
     placement = place(inv)
     for path, message in placement.problems:
         r.problem(path, message)
@@ -80,7 +81,7 @@ def _check_hosts(inv: Inventory, r: Reader) -> set[str]:
         if h.address:
             addresses.setdefault(h.address, i)
         if h.local and inv.cluster.head and h.name != inv.cluster.head:
-            r.problem(("hosts", i, "local"), f"only the head ({inv.cluster.head}) can be local: the daemon runs there")
+            r.problem(("hosts", i, "local"), f"only the head ({_show(inv.cluster.head)}) can be local: the daemon runs there")
     if inv.cluster.head and inv.cluster.head not in names:
         r.problem(("cluster", "head"), f"unknown host {inv.cluster.head!r}{_known(names)}")
     return set(names)
@@ -114,12 +115,10 @@ def _check_refs(inv: Inventory, r: Reader, hosts: set[str]) -> None:
                 r.problem(path + (j,), f"host {name!r} listed twice")
             seen.add(name)
 
-    if inv.frontend is not None:
-        ref(("frontend", "host"), inv.frontend.host, required=bool(inv.cluster.head))
+    if inv.frontend is not None and inv.frontend.host != inv.cluster.head:  # the head is checked above
+        ref(("frontend", "host"), inv.frontend.host, required=True)
     for i, w in enumerate(inv.workers):
-        refs(("workers", i, "hosts"), w.hosts)
-        if not w.hosts:
-            r.problem(("workers", i, "hosts"), "must name at least one host")
+        refs(("workers", i, "hosts"), w.hosts)  # an empty list is reported by the loader
     if inv.ray is not None:
         ref(("ray", "head"), inv.ray.head)
         refs(("ray", "workers"), inv.ray.workers)
@@ -220,6 +219,41 @@ def _check_process_names(inv: Inventory, r: Reader, placement: Placement) -> Non
             r.problem(("processes", i, "gang"), f"gang name {p.gang!r} is already the name of a process of {owners[p.gang]}")
 
 
+_PROBED = {
+    "nats": ("auto",),
+    "etcd": ("auto",),
+    "frontend": ("auto",),
+    "ray": ("auto",),
+    "workers": ("auto", "process"),
+}
+_HOW = {
+    "nats": "NATS is probed on its monitor port (/healthz?js-enabled-only=true)",
+    "etcd": "etcd is probed at /health on its client port",
+    "frontend": "the frontend is probed by HTTP GET on http_port at health.path",
+    "ray": "Ray is probed on its port and by the head's count of joined nodes",
+    "workers": "a worker is probed at /health on its Dynamo system port ('process': alive is enough)",
+}
+
+
+def _check_health(inv: Inventory, r: Reader) -> None:
+    """Probe settings the recipes would ignore: only [[processes]] choose their probe freely."""
+    sections: list[tuple[KeyPath, str, Health]] = [(("nats",), "nats", inv.nats.health), (("etcd",), "etcd", inv.etcd.health)]
+    if inv.frontend is not None:
+        sections.append((("frontend",), "frontend", inv.frontend.health))
+    if inv.ray is not None:
+        sections.append((("ray",), "ray", inv.ray.health))
+    sections += [(("workers", i), "workers", w.health) for i, w in enumerate(inv.workers)]
+    for path, kind, health in sections:
+        path = path + ("health",)
+        if health.check not in _PROBED[kind]:
+            allowed = " or ".join(repr(c) for c in _PROBED[kind])
+            r.problem(path + ("check",), f"check = {health.check!r} is not used here: {_HOW[kind]}; use {allowed}")
+        for key, unused in (("port", health.port is not None), ("command", bool(health.command)),
+                            ("path", kind != "frontend" and health.path != Health.path)):  # fmt: skip
+            if unused and health.check in _PROBED[kind]:
+                r.problem(path + (key,), f"is not used here: {_HOW[kind]}")
+
+
 def _check_ports(inv: Inventory, r: Reader) -> None:
     from .plan.build import build  # late import: the planner imports this module's constants
 
@@ -236,6 +270,11 @@ def _check_ports(inv: Inventory, r: Reader) -> None:
                 other, other_origin = used[key]
                 r.problem(origin, f"port {port} on {proc.host} is also used by {other} ({format_path(other_origin)})")
             used.setdefault(key, (proc.name, origin))
+
+
+def _under(key: str, *sections: str) -> bool:
+    """True when the formatted key path ``key`` lies in one of the top-level ``sections``."""
+    return any(key == s or key.startswith((s + "[", s + ".")) for s in sections)
 
 
 def _known(names: set[str] | dict[str, int]) -> str:

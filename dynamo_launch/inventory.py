@@ -47,7 +47,7 @@ _HEALTH = {"check", "port", "path", "command", "startup_timeout", "start_secs", 
 _CHECKS = ("auto", "process", "tcp", "http", "command")
 
 # Names that say "this is a credential": a literal value under such a name is refused.
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH", re.I)
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|(^|_)KEY$", re.IGNORECASE)
 # Well-known token shapes, refused under any name.
 _SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|nvapi-[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$")
 _ENV_REF = re.compile(r"\$\{(" + ENV_NAME + r")\}")
@@ -106,7 +106,12 @@ class _Loader:
     def inventory(self, raw: dict[str, Any], source: str) -> Inventory | None:
         r = self.r
         r.table(raw, (), _TOP)
-        cluster = self.cluster(r.table(raw["cluster"], ("cluster",), None) if "cluster" in raw else _missing(r, "cluster"))
+        if "cluster" not in raw:
+            r.problem(("cluster",), "missing: the [cluster] table is required")
+        elif not isinstance(raw["cluster"], dict):
+            r.table(raw["cluster"], ("cluster",), None)  # reports what it is instead
+        # Without a [cluster] table its keys are not reported one by one: the table is.
+        cluster = self.cluster(raw["cluster"]) if isinstance(raw.get("cluster"), dict) else _NO_CLUSTER
         ssh = self.ssh(r.table(raw.get("ssh", {}), ("ssh",), _SSH), ("ssh",), SshSettings())
         env = self.env(raw.get("env", {}), ("env",))
         hosts = tuple(self.host(t, ("hosts", i), ssh) for i, t in enumerate(r.tables(raw.get("hosts"), ("hosts",))))
@@ -242,7 +247,7 @@ class _Loader:
             backend=r.choice(t, p, "backend", Backend),
             role=r.choice(t, p, "role", Role, Role.AGGREGATED),
             model=r.get(t, p, "model", str),
-            hosts=r.strings(t, p, "hosts"),
+            hosts=self.hosts(t, p),
             tensor_parallel_size=r.get(t, p, "tensor_parallel_size", int, 1, minimum=1, maximum=4096),
             pipeline_parallel_size=r.get(t, p, "pipeline_parallel_size", int, 1, minimum=1, maximum=4096),
             data_parallel_size=r.get(t, p, "data_parallel_size", int, 1, minimum=1, maximum=4096),
@@ -300,6 +305,12 @@ class _Loader:
             restart=self.restart(t, p),
             health=self.health(t, p),
         )
+
+    def hosts(self, t: dict[str, Any], p: KeyPath) -> tuple[str, ...]:
+        hosts = self.r.strings(t, p, "hosts")
+        if t.get("hosts") == []:
+            self.r.problem(p + ("hosts",), "must name at least one host")
+        return hosts
 
     # -- shared sub-tables -----------------------------------------------------------
 
@@ -393,10 +404,8 @@ class _Loader:
         return value
 
 
-def _missing(r: Reader, name: str) -> dict[str, Any]:
-    """Report a missing required table and stand in an empty one."""
-    r.problem((name,), f"missing: the [{name}] table is required")
-    return {}
+_NO_CLUSTER = Cluster(name="", head="", state_dir="/var/lib/dynamo-launch/cluster")
+"""Stands in for a missing or malformed [cluster] table (already reported) so the rest is still checked."""
 
 
 def _valid_address(address: str) -> bool:
