@@ -172,15 +172,19 @@ async def _down_directly(daemon):
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's snapshot as JSON.")
 @click.option("--watch", "-w", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws with --watch.")
-def status(cluster: str | None, as_json: bool, watch: bool, interval: float) -> None:
+@click.option("--etcd", "etcd", default=None, metavar="ENDPOINTS",
+              help="Read the status the daemon mirrors to etcd (from any node; needs --cluster).")
+def status(cluster: str | None, as_json: bool, watch: bool, interval: float, etcd: str | None) -> None:
     """Every process of the running cluster: host, state, pid, uptime, restarts, generation, health.
 
-    Exit status 3 when no daemon is running.
+    Exit status 3 when no daemon is running (or, with --etcd, none has published the cluster).
     """
     from .status import render
 
+    if etcd and not cluster:
+        _fail("--etcd needs --cluster NAME")
     while True:
-        snap = _ask(cluster, "status", timeout=5.0)
+        snap = _from_etcd(etcd, cluster) if etcd else _ask(cluster, "status", timeout=5.0)
         text = json.dumps(snap, indent=1) + "\n" if as_json else render(snap)
         if watch:
             click.clear()
@@ -244,20 +248,47 @@ def reload(inventory: str | None, cluster: str | None) -> None:
 @main.command()
 @CLUSTER
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
-def events(cluster: str | None, follow: bool) -> None:
+@click.option("--nats", "nats_url", default=None, metavar="URL",
+              help="Follow the events on NATS instead of the control socket (from any node; needs --cluster).")
+def events(cluster: str | None, follow: bool, nats_url: str | None) -> None:
     """Lifecycle events of the running cluster: started, ready, exited, restarting, gang restarts, failures."""
+    if nats_url:
+        if not cluster:
+            _fail("--nats needs --cluster NAME")
+        _events_from_nats(nats_url, cluster)
+        return
     since = 0
     try:
         while True:
             for e in _ask(cluster, "events", since=since)["events"]:
-                stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
-                click.echo(f"{stamp} {e['kind']:<17} {e['message']}")
+                click.echo(_event_line(e))
                 since = e["seq"]
             if not follow:
                 return
             time.sleep(0.5)
     except KeyboardInterrupt:
         return
+
+
+def _event_line(e: dict) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+    return f"{stamp} {e['kind']:<17} {e['message']}"
+
+
+def _events_from_nats(url: str, cluster: str) -> None:
+    from .eventbus import subscribe
+
+    async def follow() -> None:
+        async with subscribe(url, cluster) as stream:
+            async for e in stream:
+                click.echo(_event_line(e))
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        return
+    except DynamoLaunchError as e:
+        _fail(str(e))
 
 
 @main.command("install-systemd")
@@ -301,6 +332,21 @@ def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str,
     click.echo(f"start it: systemctl start {unit}; its log: journalctl -u {unit} -f")
     if any(a.outcome == "failed" for a in actions):
         sys.exit(1)
+
+
+def _from_etcd(endpoints: str, cluster: str) -> dict:
+    from .mirror import NotPublished, read_status
+
+    try:
+        snap = asyncio.run(read_status(endpoints, cluster))
+    except NotPublished as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
+    except DynamoLaunchError as e:
+        _fail(str(e))
+    if not snap.get("mirror", {}).get("daemon_alive", True):
+        click.echo("warning: the daemon's lease in etcd has expired: this is its last published status", err=True)
+    return snap
 
 
 def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.testbed_fixture"]
+pytest_plugins = ["tests.testbed_fixture", "tests.infra"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

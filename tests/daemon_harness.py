@@ -83,10 +83,10 @@ address = "127.0.0.1"
 local = true
 
 [nats]
-external = "nats://127.0.0.1:4222"
+external = "nats://127.0.0.1:1"
 
 [etcd]
-external = "http://127.0.0.1:2379"
+external = "http://127.0.0.1:1"
 {processes}
 """
 

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from ..errors import DynamoLaunchError, TransportError
+from ..retry import RetryDelay
 from ..plan.spec import PlanHost
 from ..transport import AgentClient, Transport
 
@@ -105,7 +106,7 @@ class HostLink:
             self._reconnect = asyncio.create_task(self._reconnect_loop(), name=f"reconnect-{self.name}")
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.5
+        delay = RetryDelay(0.5, self._retry_max)
         old = self.agent
         if old is not None:
             with contextlib.suppress(Exception):
@@ -121,9 +122,9 @@ class HostLink:
                 if self.agent is not None:
                     with contextlib.suppress(Exception):
                         await self.agent.close()
-                self._log.info("host still unreachable", retry_in=delay, reason=str(e))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+                wait = delay.next()
+                self._log.info("host still unreachable", retry_in=round(wait, 2), reason=str(e))
+                await asyncio.sleep(wait)
                 continue
             self._log.info("host back")
             await self._on_back(self.name, records)

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,8 @@ import structlog
 
 from ..control import ControlServer, socket_path
 from ..errors import DynamoLaunchError, InventoryError
+from ..eventbus import EventBus
+from ..mirror import LeaderHeld, Mirror, MirrorError
 from ..model import Inventory
 from ..plan.diff import PlanDiff, render_diff
 from ..plan.diff import diff as diff_plans
@@ -94,6 +97,8 @@ class Daemon:
         self._stopped: asyncio.Future | None = None
         self._control: ControlServer | None = None
         self._reload_task: asyncio.Task | None = None
+        self.mirror: Mirror | None = None  # status and leadership in etcd
+        self.bus: EventBus | None = None  # lifecycle events on NATS
         self._log = log.bind(cluster=plan.cluster)
 
     # --- preparation ------------------------------------------------------------------------------------
@@ -110,6 +115,7 @@ class Daemon:
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
+        await self._lead(wait=bool(saved))
         self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
         await self._open_links()
         records = {name: await link.records() for name, link in self.links.items()}
@@ -126,6 +132,28 @@ class Daemon:
         self.runner.begin(adoption, start=start)
         self.save()  # the launch id, and the adopted copies, before anything new starts
         return adoption
+
+    async def _lead(self, *, wait: bool) -> None:
+        """Take the cluster's leader key in etcd (a second daemon elsewhere is refused) and start
+        mirroring and publishing events. With etcd not up yet — ours starts with the cluster —
+        the key is taken in the background as soon as it answers."""
+        self.mirror = Mirror(self.plan.cluster, self.plan.etcd_url, f"pid {os.getpid()} on {socket.gethostname()}",
+                             on_conflict=self._on_conflict)
+        try:
+            # Our own previous run (crashed: we hold the state-dir lock now) may still hold the
+            # key until its lease runs out; anyone else keeps holding it and we give up.
+            await self.mirror.acquire_leadership(wait=self.mirror.ttl + 2 if wait else 0)
+        except LeaderHeld as e:
+            self.mirror = None
+            raise AlreadyRunning(str(e)) from None
+        except MirrorError as e:
+            self._log.info("etcd not reachable yet: mirroring starts once it is", reason=str(e))
+            self.mirror.start()
+        self.bus = EventBus(self.plan.cluster, self.plan.nats_url)
+        self.bus.start()
+
+    def _on_conflict(self, e: LeaderHeld) -> None:
+        self._notify("", Notify("leader-conflict", str(e)))
 
     def _take_lock(self) -> None:
         os.makedirs(self.plan.state_dir, mode=0o700, exist_ok=True)
@@ -297,6 +325,12 @@ class Daemon:
         """Let go of everything (processes on the nodes keep running)."""
         if self.runner is not None:
             await self.runner.close()
+        if self.mirror is not None:
+            await self.mirror.close()
+            self.mirror = None
+        if self.bus is not None:
+            await self.bus.close(timeout=2.0 if self.bus.state().get("connected") else 0.0)
+            self.bus = None
         await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
         for t in self.transports.values():
             with contextlib.suppress(Exception):
@@ -375,6 +409,11 @@ class Daemon:
                                    ("pid", "start_time", "boot_id", "generation", "started_at", "exit")}}
         self.state.save({"cluster": self.plan.cluster, "launch_id": self.launch_id, "inventory": self.inventory_path,
                          "daemon_pid": os.getpid(), "processes": procs})
+        self._mirror()
+
+    def _mirror(self) -> None:
+        if self.mirror is not None and self.runner is not None:
+            self.mirror.publish(snapshot(self))
 
     def _notify(self, name: str, n: Notify) -> None:
         self._seq += 1
@@ -383,6 +422,9 @@ class Daemon:
         event = {"seq": self._seq, "time": time.time(), "kind": n.kind, "process": name, "host": host,
                  "message": n.message, **{k: v for k, v in n.data.items() if k not in ("host",)}}
         self.events.append(event)
+        if self.bus is not None:
+            self.bus.publish(event)
+        self._mirror()
         level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed") else "info"
         getattr(self._log, level)(n.message, kind=n.kind, host=host, process=name or None)
 

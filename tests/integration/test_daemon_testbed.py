@@ -68,10 +68,10 @@ keepalive_interval = {keepalive[0]}
 keepalive_count_max = {keepalive[1]}
 {hosts}
 [nats]
-external = "nats://127.0.0.1:4222"
+external = "nats://127.0.0.1:1"
 
 [etcd]
-external = "http://127.0.0.1:2379"
+external = "http://127.0.0.1:1"
 {processes}
 """)
         self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp / "run"), "PYTHONPATH": str(ROOT)}
