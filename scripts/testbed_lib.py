@@ -128,6 +128,7 @@ everything in the host and exit.  State of sshd goes to HOSTDIR/sshd.state (JSON
 import json, os, signal, subprocess, sys, time
 
 HOSTDIR, SSHD, CONFIG = sys.argv[4], sys.argv[5], sys.argv[6]
+KEEP = sys.argv[7:]  # paths under /tmp, /run or /dev/shm that must stay visible (the project, its venv)
 SIGS = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 sshd_pid = None
 
@@ -207,8 +208,21 @@ def main():
     for s in SIGS:  # handlers too: a PID-namespace init ignores signals it has no handler for
         signal.signal(s, lambda *a: None)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGS)
-    for path, mode in (("/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777")):
+    private = (("/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777"))
+    # A checkout (and its venv) under /tmp would vanish behind the private /tmp: hold each such
+    # path open, and bind it back at the same place once the tmpfs is mounted.
+    held = [(p, os.open(p, os.O_PATH)) for p in KEEP
+            if os.path.isdir(p) and any(p == m or p.startswith(m + "/") for m, _ in private)]
+    for path, mode in private:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=%s,nosuid,nodev" % mode, "tmpfs", path], check=True)
+    for path, fd in held:
+        os.makedirs(path, exist_ok=True)
+        # --no-canonicalize: the kernel, not mount(8), must follow the fd's magic link, which
+        # leads to the original directory rather than to the new, empty one of the same name.
+        subprocess.run(["mount", "--no-canonicalize", "--bind", "/proc/self/fd/%d" % fd, path],
+                       check=True, pass_fds=(fd,))
+        os.close(fd)
+        log("kept %s visible" % path)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     start_sshd()
     log("ready")
@@ -445,6 +459,14 @@ def _pick_subnet() -> str:
 # --------------------------------------------------------------------------------------------
 # the bed
 # --------------------------------------------------------------------------------------------
+def _shared_paths() -> list[str]:
+    """What every host must see as on the machine: this project and the Python running it."""
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = {os.path.realpath(project), os.path.realpath(sys.prefix),
+             os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(paths)
+
+
 @dataclass
 class Host:
     """One fake host.  ``name`` is ``h1``, ``h2``, ...; ``init_pid`` is in the root PID namespace."""
@@ -633,7 +655,7 @@ class TestBed:
 
     def _launch(self, h: Host, sshd: str) -> None:
         init = [sys.executable, os.path.join(self.dir, "dltb-init.py"), INIT_MARKER,
-                f"prefix={self.prefix}", f"host={h.name}", h.dir, sshd, h.sshd_config]
+                f"prefix={self.prefix}", f"host={h.name}", h.dir, sshd, h.sshd_config, *_shared_paths()]
         argv = [_which("ip"), "netns", "exec", h.netns,
                 _which("unshare"), "--pid", "--fork", "--kill-child", "--mount-proc",
                 # slave, not private: what is mounted in the root namespace later still shows
