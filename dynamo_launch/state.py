@@ -10,6 +10,7 @@ pids and commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -50,7 +51,17 @@ class StateFile:
         self.path = os.path.join(state_dir, "state.json")
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none (a corrupt file raises ValueError)."""
+        """The saved state, or None when there is none (a corrupt file raises ValueError).
+
+        Also removes the temp files of writes that a crash interrupted (only the daemon that
+        holds the state directory's lock loads, so none of them is being written).
+        """
+        directory = os.path.dirname(self.path)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                if name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()

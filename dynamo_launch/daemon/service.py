@@ -426,7 +426,8 @@ class Daemon:
             self.bus.publish(event)
         self._mirror()
         level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed") else "info"
-        getattr(self._log, level)(n.message, kind=n.kind, host=host, process=name or None)
+        generation = proc.machine.generation if proc is not None else n.data.get("generation")
+        getattr(self._log, level)(n.message, kind=n.kind, host=host, process=name or None, generation=generation)
 
     def _on_agent_event(self, host: str, event: dict[str, Any]) -> None:
         if self.runner is not None:
