@@ -59,6 +59,22 @@ def one_line(text):
     return " ".join(str(text).split()) or "failed"
 
 
+def child_path(path, python=None):
+    """PATH for what the agent starts: this interpreter's directory first, unless PATH has it already.
+
+    The agent runs under the inventory's python, so its environment is "activated" for its
+    children: ``nats-server`` shipped in a wheel, ``ray`` and ``python3`` resolve to that
+    environment's. ``path`` None (no PATH at all) stands for the default search path.
+    """
+    folder = os.path.dirname(sys.executable if python is None else python)
+    if not os.path.isabs(folder):
+        return os.defpath if path is None else path
+    current = os.defpath if path is None else path
+    if os.path.normpath(folder) in [os.path.normpath(p) for p in current.split(os.pathsep) if p]:
+        return current
+    return folder + os.pathsep + current if current else folder
+
+
 # ---- /proc and files ---------------------------------------------------------------------------
 def boot_id():
     """This boot's id: with pid and start time it names one process for all time."""
@@ -216,6 +232,7 @@ def run_shim(spec, answer):
         return answer({"ok": False, "error": "cannot open log %s: %s" % (spec["log_file"], e.strerror)})
     env = dict(os.environ)
     env.update(spec["env"])
+    env["PATH"] = child_path(env.get("PATH"))
     env.update(zip(LAUNCH_VARS, (spec["launch_id"], name, str(spec["generation"]))))
     wake_r, wake_w = os.pipe()  # SIGCHLD wakes the copy loop through it: an exit is seen at once
     os.set_blocking(wake_r, False)
@@ -648,6 +665,7 @@ class Agent:
         argv, timeout = arg_argv(req), arg(req, "timeout", (int, float), 30)
         env = dict(os.environ)
         env.update(arg_env(req))
+        env["PATH"] = child_path(env.get("PATH"))
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env=env, cwd=arg_path(req, "cwd", None), close_fds=True, start_new_session=True)

@@ -270,6 +270,18 @@ def _check_ports(inv: Inventory, r: Reader) -> None:
                 other, other_origin = used[key]
                 r.problem(origin, f"port {port} on {proc.host} is also used by {other} ({format_path(other_origin)})")
             used.setdefault(key, (proc.name, origin))
+    _check_metrics_port(inv, r, used)
+
+
+def _check_metrics_port(inv: Inventory, r: Reader, used: dict[tuple[str, int], tuple[str, KeyPath]]) -> None:
+    """The daemon's metrics endpoint lives on the head: its port must not be one the head's processes take."""
+    from .inventory import split_hostport  # late import: the loader imports this module
+
+    bound = split_hostport(inv.cluster.metrics) if inv.cluster.metrics else None
+    if bound is not None and (inv.cluster.head, bound[1]) in used:
+        other, origin = used[(inv.cluster.head, bound[1])]
+        r.problem(("cluster", "metrics"),
+                  f"port {bound[1]} on {inv.cluster.head} is also used by {other} ({format_path(origin)})")
 
 
 def _under(key: str, *sections: str) -> bool:

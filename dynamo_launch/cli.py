@@ -249,7 +249,8 @@ def reload(inventory: str | None, cluster: str | None) -> None:
 @CLUSTER
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option("--nats", "nats_url", default=None, metavar="URL",
-              help="Follow the events on NATS instead of the control socket (from any node; needs --cluster).")
+              help="Follow the events on NATS instead of the control socket (from any node; needs --cluster; "
+                   "credentials from NATS_AUTH_TOKEN or NATS_AUTH_USERNAME/NATS_AUTH_PASSWORD).")
 def events(cluster: str | None, follow: bool, nats_url: str | None) -> None:
     """Lifecycle events of the running cluster: started, ready, exited, restarting, gang restarts, failures."""
     if nats_url:
@@ -279,7 +280,9 @@ def _events_from_nats(url: str, cluster: str) -> None:
     from .eventbus import subscribe
 
     async def follow() -> None:
-        async with subscribe(url, cluster) as stream:
+        auth = {k: os.environ[k] for k in ("NATS_AUTH_TOKEN", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD")
+                if k in os.environ}
+        async with subscribe(url, cluster, auth=auth) as stream:
             async for e in stream:
                 click.echo(_event_line(e))
 

@@ -42,6 +42,7 @@ import collections
 import contextlib
 import itertools
 import json
+from collections.abc import Mapping
 from typing import Any, Self
 
 import structlog
@@ -82,7 +83,15 @@ async def _quiet(*_: Any) -> None:
 
 
 
-async def _connect(url: str, timeout: float, **callbacks: Any) -> Any:
+_AUTH_OPTIONS = {"NATS_AUTH_TOKEN": "token", "NATS_AUTH_USERNAME": "user", "NATS_AUTH_PASSWORD": "password"}
+
+
+def auth_options(auth: Mapping[str, str] | None) -> dict[str, str]:
+    """nats-py connect options from the variables Dynamo reads (``NATS_AUTH_TOKEN``, …)."""
+    return {_AUTH_OPTIONS[k]: v for k, v in (auth or {}).items() if k in _AUTH_OPTIONS}
+
+
+async def _connect(url: str, timeout: float, auth: Mapping[str, str] | None = None, **callbacks: Any) -> Any:
     import nats  # lazy: only the daemon and `events` need it
     from nats.errors import NoServersError
 
@@ -92,7 +101,8 @@ async def _connect(url: str, timeout: float, **callbacks: Any) -> Any:
     async def on_error(e: BaseException) -> None:
         last_error[:] = [e]
 
-    options: dict[str, Any] = {"error_cb": on_error, "disconnected_cb": _quiet, "closed_cb": _quiet, **callbacks}
+    options: dict[str, Any] = {"error_cb": on_error, "disconnected_cb": _quiet, "closed_cb": _quiet,
+                               **auth_options(auth), **callbacks}
     try:
         # nats-py retries a refused connect max_reconnect_attempts times (default 60 × 2 s) even without
         # allow_reconnect: 1 means two quick tries, then NoServersError. We do our own retrying.
@@ -118,8 +128,9 @@ class EventBus:
     """
 
     def __init__(self, cluster: str, nats_url: str, *, max_queue: int = 10_000, batch: int = 500,
-                 connect_timeout: float = 2.0, flush_timeout: float = 2.0):
+                 connect_timeout: float = 2.0, flush_timeout: float = 2.0, auth: Mapping[str, str] | None = None):
         self.cluster = cluster
+        self._auth = dict(auth or {})  # NATS_AUTH_* → value: never logged
         self.subject = subject_for(cluster)
         self.url = nats_url
         self.max_queue = max_queue
@@ -202,7 +213,7 @@ class EventBus:
             try:
                 if self._nc is None or not self._nc.is_connected:
                     await self._drop_connection()
-                    self._nc = await _connect(self.url, self.connect_timeout)
+                    self._nc = await _connect(self.url, self.connect_timeout, self._auth)
                     if self.last_error:
                         self._log.info("NATS reachable again: sending queued events", pending=self.pending)
                     self.connected, self.last_error = True, ""
@@ -265,11 +276,13 @@ class EventSubscription:
     """
 
     def __init__(self, nats_url: str, cluster: str, *, connect_timeout: float = 5.0, reconnect: bool = True,
+                 auth: Mapping[str, str] | None = None,
                  max_queue: int = 10_000):
         self.url = nats_url
         self.subject = subject_for(cluster)
         self.connect_timeout = connect_timeout
         self.reconnect = reconnect
+        self._auth = dict(auth or {})
         self.dropped = 0
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self._nc: Any = None
@@ -299,7 +312,7 @@ class EventSubscription:
             if self._nc is not None and self._nc is mine.get("nc"):
                 self._put(_CLOSED)
 
-        nc = await _connect(self.url, self.connect_timeout, closed_cb=on_closed)
+        nc = await _connect(self.url, self.connect_timeout, self._auth, closed_cb=on_closed)
         try:
             await nc.subscribe(self.subject, cb=on_msg)
             await nc.flush(timeout=max(1, int(self.connect_timeout)))  # the subscription is in place on return
@@ -387,6 +400,7 @@ class EventSubscription:
         self._put(_CLOSED)  # wakes an iteration waiting for the next event
 
 
-def subscribe(nats_url: str, cluster: str, *, connect_timeout: float = 5.0, reconnect: bool = True) -> EventSubscription:
+def subscribe(nats_url: str, cluster: str, *, connect_timeout: float = 5.0, reconnect: bool = True,
+              auth: Mapping[str, str] | None = None) -> EventSubscription:
     """Follow a cluster's events: ``async with subscribe(url, cluster) as events: async for e in events``."""
-    return EventSubscription(nats_url, cluster, connect_timeout=connect_timeout, reconnect=reconnect)
+    return EventSubscription(nats_url, cluster, connect_timeout=connect_timeout, reconnect=reconnect, auth=auth)

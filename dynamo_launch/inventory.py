@@ -38,7 +38,7 @@ from .model import (
 from .reader import ENV_NAME, HOSTNAME, NAME, Reader
 from .tomlpos import KeyPath, LineMap
 
-__all__ = ["load", "parse"]
+__all__ = ["load", "parse", "split_hostport"]
 
 _TOP = {"cluster", "ssh", "env", "hosts", "nats", "etcd", "frontend", "workers", "ray", "processes"}
 _SSH = {"user", "port", "key_file", "known_hosts", "connect_timeout", "keepalive_interval", "keepalive_count_max"}
@@ -143,7 +143,7 @@ class _Loader:
 
     def cluster(self, t: dict[str, Any]) -> Cluster:
         r, p = self.r, ("cluster",)
-        r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root"})
+        r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root", "metrics"})
         name = r.get(t, p, "name", str, pattern=NAME)
         version = r.get(t, p, "dynamo_version", str, "1.6.1")
         if not re.fullmatch(r"\d+(\.\d+){0,2}([a-z.+-].*)?", version):
@@ -156,7 +156,15 @@ class _Loader:
             dynamo_version=version,
             system_port=r.port(t, p, "system_port", 9090),
             vllm_cache_root=self.path(t, p, "vllm_cache_root", None, absolute=True),
+            metrics=self.metrics(t, p),
         )
+
+    def metrics(self, t: dict[str, Any], p: KeyPath) -> str:
+        value = self.r.get(t, p, "metrics", str, Cluster.metrics)
+        if value and split_hostport(value) is None:
+            self.r.problem(p + ("metrics",), f'must be host:port like "127.0.0.1:9400" ("[::1]:9400" for IPv6; "" for no '
+                                             f"metrics endpoint), got {value!r}")
+        return value
 
     def ssh(self, t: dict[str, Any], p: KeyPath, base: SshSettings) -> SshSettings:
         r = self.r
@@ -193,14 +201,28 @@ class _Loader:
 
     def nats(self, raw: Any, p: KeyPath) -> NatsSettings:
         r = self.r
-        t = r.table(raw, p, {"port", "monitor_port", "store_dir", "external", "binary", "restart", "health"})
+        t = r.table(raw, p, {"port", "monitor_port", "store_dir", "external", "binary", "bind", "token", "user", "password",
+                             "restart", "health"})  # fmt: skip
         external = self.url(t, p, "external", ("nats", "tls"))
+        bind = r.get(t, p, "bind", str, None)
+        if bind is not None and not _valid_address(bind):
+            r.problem(p + ("bind",), f"{bind!r} is neither an IP address nor a host name (\"0.0.0.0\": every interface)")
+        token, user = self.secret(t, p, "token", "NATS_TOKEN"), self.env_key(t, p, "user")
+        password = self.secret(t, p, "password", "NATS_PASSWORD")
+        if "token" in t and ("user" in t or "password" in t):
+            r.problem(p + ("token",), "give either token or user and password, not both")
+        elif ("user" in t) != ("password" in t):
+            r.problem(p + ("password" if "user" in t else "user",), "user and password go together: give both")
         return NatsSettings(
             port=r.port(t, p, "port", 4222),
             monitor_port=r.port(t, p, "monitor_port", 8222),
             store_dir=self.path(t, p, "store_dir", None, absolute=True),
             external=external,
             binary=r.get(t, p, "binary", str, "nats-server"),
+            bind=bind,
+            token=token,
+            user=user,
+            password=password,
             restart=self.restart(t, p),
             health=self.health(t, p),
         )
@@ -385,6 +407,33 @@ class _Loader:
             return SecretRef("env", name)
         return value
 
+    def secret(self, t: dict[str, Any], p: KeyPath, key: str, var: str) -> SecretRef | None:
+        """A credential key: a reference (``${VAR}`` or ``file:/path``) and nothing else."""
+        value = self.env_key(t, p, key)
+        if value is None or isinstance(value, SecretRef):
+            return value
+        if value:  # an empty one is reported by env_key
+            self.r.problem(p + (key,), f'inline secret: give it by reference, e.g. {key} = "${{{var}}}" (from the '
+                                       f'daemon\'s environment) or {key} = "file:/etc/dynamo-launch/{var.lower()}"')
+        return None
+
+    def env_key(self, t: dict[str, Any], p: KeyPath, key: str) -> EnvValue | None:
+        """A plain string or a secret reference (as in ``env`` tables), or None when absent."""
+        value = self.r.get(t, p, key, str, None)
+        if value is None:
+            return None
+        ref = _ENV_REF.fullmatch(value)
+        if ref:
+            return SecretRef("env", ref.group(1))
+        if value.startswith("file:"):
+            path = value[len("file:") :]
+            if not path.startswith("/"):
+                self.r.problem(p + (key,), f"file: reference must be an absolute path, got {path!r}")
+            return SecretRef("file", path)
+        if not value:
+            self.r.problem(p + (key,), "must not be empty")
+        return value
+
     def path(self, t: dict[str, Any], p: KeyPath, key: str, default: Any, *, absolute: bool = False) -> Any:
         value = self.r.get(t, p, key, str, default)
         if key not in t or not isinstance(value, str):
@@ -399,6 +448,10 @@ class _Loader:
 
     def url(self, t: dict[str, Any], p: KeyPath, key: str, schemes: tuple[str, ...]) -> str | None:
         value = self.r.get(t, p, key, str, None)
+        if value is not None and "@" in value:  # never echo it: it may hold a credential
+            how = "as nats.token, or nats.user and nats.password" if p == ("nats",) else "elsewhere"
+            self.r.problem(p + (key,), f"credentials in the URL would show in the plan, status and logs; give them {how}")
+            return None
         if value is not None and not re.fullmatch(r"(%s)://[^\s/]+(:\d+)?/?(,(%s)://[^\s/,]+(:\d+)?/?)*" % ("|".join(schemes), "|".join(schemes)), value):
             self.r.problem(p + (key,), f"must be a URL like {schemes[0]}://host:port, got {value!r}")
         return value
@@ -406,6 +459,24 @@ class _Loader:
 
 _NO_CLUSTER = Cluster(name="", head="", state_dir="/var/lib/dynamo-launch/cluster")
 """Stands in for a missing or malformed [cluster] table (already reported) so the rest is still checked."""
+
+
+def split_hostport(text: str) -> tuple[str, int] | None:
+    """``("127.0.0.1", 9400)`` from ``"127.0.0.1:9400"`` (``"[::1]:9400"`` for IPv6); None when malformed."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text)
+    if not m:
+        return None
+    host, port = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+    if not 1 <= int(port) <= 65535:
+        return None
+    if m.group(1) is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif not _valid_address(host):
+        return None
+    return host, int(port)
 
 
 def _valid_address(address: str) -> bool:

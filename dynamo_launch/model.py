@@ -143,15 +143,33 @@ class Health:
 
 @dataclass(frozen=True)
 class NatsSettings:
-    """NATS server on the head, or an external endpoint."""
+    """NATS server on the head, or an external endpoint.
+
+    ``bind`` is the address nats-server listens on (default: the head's address). ``token``, or
+    ``user`` + ``password``, turn on authentication: the server requires them and every Dynamo
+    process gets them (:attr:`auth`); secrets are references only.
+    """
 
     port: int = 4222
     monitor_port: int = 8222
     store_dir: str | None = None
     external: str | None = None
     binary: str = "nats-server"
+    bind: str | None = None
+    token: SecretRef | None = None
+    user: EnvValue | None = None
+    password: SecretRef | None = None
     restart: Restart = Restart()
     health: Health = Health()
+
+    @property
+    def auth(self) -> tuple[tuple[str, EnvValue], ...]:
+        """The credentials as Dynamo reads them (``NATS_AUTH_TOKEN`` or ``NATS_AUTH_USERNAME``/``_PASSWORD``)."""
+        if self.token is not None:
+            return (("NATS_AUTH_TOKEN", self.token),)
+        if self.user is not None and self.password is not None:
+            return (("NATS_AUTH_USERNAME", self.user), ("NATS_AUTH_PASSWORD", self.password))
+        return ()
 
 
 @dataclass(frozen=True)
@@ -242,7 +260,11 @@ class GenericProcess:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Cluster-wide settings."""
+    """Cluster-wide settings.
+
+    ``metrics`` is ``host:port`` of the daemon's Prometheus endpoint (``[::1]:9400`` for IPv6),
+    or ``""``: none.
+    """
 
     name: str
     head: str
@@ -251,6 +273,7 @@ class Cluster:
     dynamo_version: str = "1.6.1"
     system_port: int = 9090
     vllm_cache_root: str | None = None
+    metrics: str = "127.0.0.1:9400"
 
 
 @dataclass(frozen=True)

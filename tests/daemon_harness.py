@@ -76,6 +76,7 @@ name = "{name}"
 head = "local"
 state_dir = "{state_dir}"
 python = "{PY}"
+metrics = ""
 
 [[hosts]]
 name = "local"

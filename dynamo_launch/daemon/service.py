@@ -26,12 +26,16 @@ import structlog
 
 from ..control import ControlServer, socket_path
 from ..errors import DynamoLaunchError, InventoryError
+from .. import secrets
 from ..eventbus import EventBus
+from ..inventory import split_hostport
+from ..metrics import MetricsServer
+from ..metrics import render as render_metrics
 from ..mirror import LeaderHeld, Mirror, MirrorError
 from ..model import Inventory
 from ..plan.diff import PlanDiff, render_diff
 from ..plan.diff import diff as diff_plans
-from ..plan.spec import Plan
+from ..plan.spec import Env, Plan
 from ..preflight import Check, run_preflight
 from ..sdnotify import Notifier
 from ..state import StateFile
@@ -97,6 +101,7 @@ class Daemon:
         self._stopped: asyncio.Future | None = None
         self._control: ControlServer | None = None
         self._reload_task: asyncio.Task | None = None
+        self._metrics: MetricsServer | None = None
         self.mirror: Mirror | None = None  # status and leadership in etcd
         self.bus: EventBus | None = None  # lifecycle events on NATS
         self._log = log.bind(cluster=plan.cluster)
@@ -149,7 +154,12 @@ class Daemon:
         except MirrorError as e:
             self._log.info("etcd not reachable yet: mirroring starts once it is", reason=str(e))
             self.mirror.start()
-        self.bus = EventBus(self.plan.cluster, self.plan.nats_url)
+        try:
+            auth = secrets.resolve(tuple(Env(k, v) for k, v in self.inv.nats.auth))
+        except secrets.SecretError as e:  # preflight names it; events simply go unsent
+            self._log.warning("NATS credentials unavailable: events are not published", reason=str(e))
+            auth = {}
+        self.bus = EventBus(self.plan.cluster, self.plan.nats_url, auth=auth)
         self.bus.start()
 
     def _on_conflict(self, e: LeaderHeld) -> None:
@@ -223,6 +233,7 @@ class Daemon:
         if control:
             self._control = ControlServer(socket_path(self.plan.cluster), self._handle)
             await self._control.start()
+            await self._start_metrics()
         settle = asyncio.create_task(self._settled(), name="bring-up")
         self.notifier.ready(self.status_line())
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
@@ -242,7 +253,23 @@ class Daemon:
         await asyncio.sleep(0.2)  # let a `down` caller read its answer before the socket goes
         if self._control is not None:
             await self._control.close()
+        if self._metrics is not None:
+            await self._metrics.close()
         return report
+
+    async def _start_metrics(self) -> None:
+        """Serve ``/metrics`` on ``[cluster] metrics`` (unless ""); a busy port is logged, not fatal."""
+        bind = split_hostport(self.inv.cluster.metrics) if self.inv.cluster.metrics else None
+        if bind is None:
+            return
+        server = MetricsServer(bind[0], bind[1], lambda: render_metrics(snapshot(self)))
+        try:
+            await server.start()
+        except OSError as e:
+            self._log.warning("metrics endpoint not served", address=self.inv.cluster.metrics, reason=str(e))
+            return
+        self._metrics = server
+        self._log.info("metrics served", url=f"http://{self.inv.cluster.metrics}/metrics")
 
     async def _settled(self) -> None:
         """Note when bring-up (or adoption) is over: every process ready, running, failed or stopped."""

@@ -66,8 +66,8 @@ class Context:
         return port
 
     def dynamo_env(self) -> list[tuple[str, EnvValue]]:
-        """Discovery endpoints every Dynamo process gets."""
-        return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url)]
+        """Discovery endpoints every Dynamo process gets, and NATS credentials (secret references) when set."""
+        return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url), *self.inv.nats.auth]
 
     def spec(
         self,

@@ -8,19 +8,45 @@ from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
 
-__all__ = ["etcd", "frontend", "nats"]
+__all__ = ["NATS_AUTH_CONFIG", "etcd", "frontend", "nats"]
+
+NATS_AUTH_CONFIG = (
+    'import json, os, sys; e = os.environ; '
+    'a = [(k, v) for k, v in (("token", "NATS_AUTH_TOKEN"), ("user", "NATS_AUTH_USERNAME"), '
+    '("password", "NATS_AUTH_PASSWORD")) if v in e]; '
+    'e.update({"DL_QUOTED_" + v: json.dumps(e[v], ensure_ascii=False) for k, v in a}); '
+    'open(sys.argv[1], "w").write("authorization {\\n" + "".join("  %s: $DL_QUOTED_%s\\n" % p for p in a) + "}\\n"); '
+    'os.execvp(sys.argv[2], sys.argv[2:])'
+)
+"""Runs nats-server with authentication and no credential on its command line.
+
+``python -c NATS_AUTH_CONFIG CONF nats-server -c CONF ...`` writes CONF, which holds no secret
+(``authorization { token: $DL_QUOTED_NATS_AUTH_TOKEN }``), puts each credential of its
+environment into ``DL_QUOTED_<name>`` as a quoted config string, and execs nats-server (same
+pid), which takes ``$NAME`` in its config from the environment. The quoting matters: nats-server
+parses a variable's value as config syntax, so a bare ``12k`` would be a number and ``a b``
+an error.
+"""
 
 
 def nats(ctx: Context) -> ProcessSpec:
-    """``nats-server -js -sd DIR -m 8222`` bound to the head's cluster address."""
+    """``nats-server -js -sd DIR -m 8222`` bound to the head's cluster address (or ``nats.bind``).
+
+    With ``nats.token`` (or user and password) the server requires them: see :data:`NATS_AUTH_CONFIG`.
+    """
     n, head = ctx.inv.nats, ctx.head
     store = n.store_dir or posixpath.join(ctx.inv.cluster.state_dir, "nats")
     origin: KeyPath = ("nats",)
+    argv = [n.binary, "-js", "-sd", store, "-m", str(n.monitor_port), "-a", n.bind or head.address, "-p", str(n.port)]
+    if n.auth:
+        conf = posixpath.join(ctx.inv.cluster.state_dir, "nats.conf")
+        argv = [ctx.python(head.name), "-c", NATS_AUTH_CONFIG, conf, argv[0], "-c", conf, *argv[1:]]
     return ctx.spec(
         name="nats",
         host=head.name,
         kind="nats",
-        argv=[n.binary, "-js", "-sd", store, "-m", str(n.monitor_port), "-a", head.address, "-p", str(n.port)],
+        argv=argv,
+        env=n.auth,
         origin=origin,
         restart=n.restart,
         health=n.health,

@@ -318,3 +318,31 @@ def test_reload_restarts_only_what_changed_and_a_bad_file_changes_nothing(harnes
         await h.down()
 
     arun(go())
+
+
+def test_metrics_endpoint_serves_the_truth(harness, monkeypatch, tmp_path):
+    import urllib.request
+
+    monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(tmp_path / "run"))
+    mport = free_port()
+    h = harness(standin_process("web", free_port(), host="local", bind="127.0.0.1"))
+    h.path.write_text(h.path.read_text().replace('metrics = ""', f'metrics = "127.0.0.1:{mport}"'))
+    h.inv = parse(h.path.read_text(), str(h.path))
+    h.plan = build(h.inv)
+
+    async def go():
+        d = Daemon(h.plan, h.inv, str(h.path))
+        await d.prepare(preflight=False)
+        h.daemon, h.launch_ids = d, {d.launch_id}
+        h.serving = asyncio.create_task(d.serve(control=True))
+        await h.until(h.all_up)
+        await h.until(lambda: "up_seconds" in d.timings)
+        body = (await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{mport}/metrics", timeout=5)).read()
+        await h.down()
+        return body.decode()
+
+    text = arun(go())
+    assert 'dynamo_launch_process_state{cluster="t",host="local",process="web",state="READY"} 1' in text
+    assert 'dynamo_launch_process_restarts_total{cluster="t",host="local",process="web"} 0' in text
+    assert 'dynamo_launch_host_up{cluster="t",host="local"} 1' in text
+    assert "dynamo_launch_up_seconds{" in text and "dynamo_launch_probe_seconds{" in text

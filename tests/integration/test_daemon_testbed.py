@@ -58,6 +58,7 @@ name = "{self.name}"
 head = "h1"
 state_dir = "{self.state_dir}"
 python = "{PY}"
+metrics = ""
 
 [ssh]
 user = "root"

