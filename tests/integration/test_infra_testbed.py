@@ -184,6 +184,23 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
     got = etcd_call(endpoint, "range", {"key": b64("/dl-test/k")})
     assert [base64.b64decode(kv["value"]).decode() for kv in got.get("kvs", [])] == ["kept"]
 
+    # From another node, through etcd alone (no control socket there): the same truth.
+    def view(snap: dict) -> list[tuple]:
+        return [(p["host"], p["name"], p["pid"], p["state"], p["restarts"], p["generation"]) for p in snap["processes"]]
+
+    def same_from_h2() -> bool:
+        r = bed.exec("h2", [PY, "-m", "dynamo_launch.cli", "status", "--json", "--etcd", endpoint, "--cluster", c.name],
+                      capture_output=True, text=True, timeout=30)
+        return r.returncode == 0 and view(json.loads(r.stdout)) == view(c.status())
+
+    deadline = time.monotonic() + 20
+    while not same_from_h2():
+        assert time.monotonic() < deadline, "status through etcd never matched the control socket"
+        time.sleep(0.5)
+    text = bed.exec("h3", [PY, "-m", "dynamo_launch.cli", "status", "--etcd", endpoint, "--cluster", c.name],
+                    capture_output=True, text=True, timeout=30)
+    assert text.returncode == 0 and "web-h3" in text.stdout and "READY" in text.stdout
+
     down = c.cli("down", str(c.path))
     assert down.returncode == 0, down.stderr
     assert c.proc.wait(30) == 0
