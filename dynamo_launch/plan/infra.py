@@ -74,6 +74,9 @@ def etcd(ctx: Context) -> ProcessSpec:
             "--advertise-client-urls", client, "--listen-client-urls", listen,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{name}={peer}",
+            # The daemon's heartbeat rewrites a key every few seconds and etcd < 3.5 keeps every
+            # revision by default: compact hourly so the data dir stays small for months.
+            "--auto-compaction-retention", "1",
         ],  # fmt: skip
         origin=origin,
         restart=e.restart,
