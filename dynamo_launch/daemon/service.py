@@ -235,7 +235,6 @@ class Daemon:
             await self._control.start()
             await self._start_metrics()
         settle = asyncio.create_task(self._settled(), name="bring-up")
-        self.notifier.ready(self.status_line())
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         try:
             await self._stop.wait()
@@ -272,13 +271,16 @@ class Daemon:
         self._log.info("metrics served", url=f"http://{self.inv.cluster.metrics}/metrics")
 
     async def _settled(self) -> None:
-        """Note when bring-up (or adoption) is over: every process ready, running, failed or stopped."""
+        """Bring-up (or adoption) is over once every process is ready, running, failed or stopped:
+        note how long it took and tell systemd (READY=1). A FAILED process counts as settled, so
+        one broken worker cannot hold the whole unit in "activating"."""
         assert self.runner is not None
         settled = (State.READY, State.RUNNING, State.FAILED, State.STOPPED)
         await self.runner.wait_for(lambda: all(p.machine.state in settled for p in self.runner.procs.values()))
         self.timings["up_seconds"] = round(time.time() - self.started, 3)
         counts = collections.Counter(p.machine.state.name for p in self.runner.procs.values())
         self._log.info("bring-up done", seconds=self.timings["up_seconds"], **{k.lower(): v for k, v in counts.items()})
+        self.notifier.ready(self.status_line())  # `systemctl start` returns now: the cluster is up
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: ``12/12 ready, 0 failed, 0 unknown``."""
