@@ -63,8 +63,11 @@ def find_socket(cluster: str | None = None) -> str:
     return found[0]
 
 
-def request(path: str, op: str, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
-    """Send one request and return the daemon's result (blocking; for the CLI)."""
+def request(path: str, op: str, /, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one request and return the daemon's result (blocking; for the CLI).
+
+    ``path`` and ``op`` are positional-only, so a request may carry arguments of those names.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

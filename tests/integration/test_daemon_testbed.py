@@ -357,3 +357,26 @@ def test_down_without_a_daemon_finds_and_stops_everything(cluster):
     assert r.returncode == 0, r.stderr
     assert "stopped 4 processes" in r.stderr
     assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
+
+
+def test_sighup_reload_restarts_only_the_changed_group(cluster):
+    a, b = ports(2)
+    web = standin_process("web", a, hosts=["h1", "h2", "h3"])
+    api = standin_process("api", b, hosts=["h2", "h3"])
+    c = cluster(web + api)
+    before = by_name(c.up())
+    diff = c.cli("plan", "--diff", str(c.path))
+    assert diff.returncode == 0 and "no change" in diff.stdout
+    c.path.write_text(c.path.read_text().replace(f'"--port", "{b}"', f'"--port", "{b}", "--ready-after", "0.2"'))
+    diff = c.cli("plan", "--diff", str(c.path))
+    assert "~ api-h2 (restarted, step 1/1: argv)" in diff.stdout and "= 3 unchanged" in diff.stdout
+    c.proc.send_signal(signal.SIGHUP)
+    snap = c.wait(lambda s: all(by_name(s)[n]["generation"] == 2 and by_name(s)[n]["state"] == "READY"
+                                for n in ("api-h2", "api-h3")), 60)
+    after = by_name(snap)
+    assert {n: after[n]["pid"] for n in ("web-h1", "web-h2", "web-h3")} == \
+           {n: before[n]["pid"] for n in ("web-h1", "web-h2", "web-h3")}  # untouched
+    assert all(after[n]["pid"] != before[n]["pid"] for n in ("api-h2", "api-h3"))
+    kinds = [e["kind"] for e in c.request("events")["events"]]
+    assert "reload" in kinds and "reloaded" in kinds
+    assert sum(len(ps) for ps in c.scan_all().values()) == 5
