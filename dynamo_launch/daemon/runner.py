@@ -20,16 +20,17 @@ import structlog
 
 from .. import secrets
 from ..errors import AgentError, DynamoLaunchError, TransportError
-from ..health import http_get, judge_ray_nodes, ray_nodes_argv, tcp_connect
 from ..plan.diff import PlanDiff
-from ..plan.spec import Gang, Plan, ProbeKind, ProcessSpec
+from ..plan.spec import Plan, ProbeKind, ProcessSpec
 from ..plan.spec import Probe as ProbeSpec
 from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
                           HostLost, IllegalTransition, Kill, MemberDown, MemberReady, MemberStopped, Notify, Probe,
                           ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
                           Stop, StopMember, StopProbes, TimerFired)
 from .links import HostLink
+from .probes import run_probe
 from .reconcile import Adoption, strays
+from .reload import apply as reload_apply
 
 __all__ = ["Proc", "Runner"]
 
@@ -198,78 +199,8 @@ class Runner:
         return [n for n, p in self.procs.items() if p.machine.state is State.UNKNOWN]
 
     async def apply(self, plan: Plan, d: PlanDiff, timeout: float | None = None) -> None:
-        """Move to ``plan`` (a reload): stop what was removed, restart each changed unit in turn
-        (stopped, then started at the next generation and waited for), start what is new.
-        Unchanged processes are not touched."""
-        old = {n: p.spec for n, p in self.procs.items()}
-        gone = [n for n in d.removed if old[n].group is None or old[n].group not in {g.name for g in plan.gangs}]
-        await self._retire(gone, timeout)
-        new_specs = {s.name: s for s in plan.processes}
-        new_gangs = {g.name: g for g in plan.gangs}
-        for unit in d.units:
-            await self._retire(list(unit), timeout)
-            self._install([new_specs[n] for n in unit], new_gangs)
-            self._start(unit)
-            limit = timeout or max(new_specs[n].startup_timeout for n in unit) + 5
-            if not await self.wait_for(lambda u=unit: all(self.procs[n].machine.state in (*UP_STATES, State.FAILED)
-                                                          for n in u), limit):
-                self._log.warning("reload: a restarted unit is not ready; going on", processes=list(unit))
-        added = [n for n in d.added if n not in self.procs]
-        self._install([new_specs[n] for n in added], new_gangs)
-        for n in d.unchanged:
-            self.procs[n].spec = new_specs[n]
-        self.plan = plan
-        self._start(added)
-
-    async def _retire(self, names: list[str], timeout: float | None) -> None:
-        """Stop ``names`` (with every member of their gangs) and forget their machines."""
-        names = [n for n in names if n in self.procs]
-        gangs = {self.procs[n].spec.group for n in names} - {None}
-        everyone = set(names) | {m for g in gangs for m in self.gangs[g].members}  # type: ignore[index]
-        for g in gangs:
-            self.post(("gang", g), Stop("reload"))  # type: ignore[arg-type]
-        for n in everyone:
-            if self.procs[n].spec.group is None:
-                self.post(("proc", n), Stop("reload"))
-        if everyone:
-            limit = timeout or max(self.procs[n].spec.restart.stop_timeout for n in everyone) + 15
-            await self.wait_for(lambda: all(self.procs[n].machine.state in (State.STOPPED, State.UNKNOWN)
-                                            for n in everyone), limit)
-        stuck = sorted(n for n in everyone if self.procs[n].machine.state is not State.STOPPED)
-        if stuck:  # a copy may still run (host unreachable): replacing it could make two
-            raise DynamoLaunchError(f"reload halted: {', '.join(stuck)} could not be confirmed stopped "
-                                    "(host unreachable?); nothing more was changed")
-        for n in everyone:
-            p = self.procs.pop(n)
-            for h in p.timers.values():
-                h.cancel()
-            _stop(p.probe_task)
-            _stop(p.gate_task)
-            self._generations[n] = p.machine.generation
-        for g in gangs:
-            self._generations["gang " + g] = self.gangs.pop(g).generation  # type: ignore[arg-type]
-            for h in self._gang_timers.pop(g, {}).values():  # type: ignore[arg-type]
-                h.cancel()
-
-    def _install(self, specs: list[ProcessSpec], gangs: dict[str, Gang]) -> None:
-        """New machines for ``specs`` (and their gangs), each continuing its old generation count."""
-        for spec in specs:
-            p = Proc(spec)
-            if spec.name in self._generations:
-                p.machine.generation = self._generations[spec.name] + 1
-            self.procs[spec.name] = p
-            if spec.group and spec.group not in self.gangs:
-                m = GangMachine.from_gang(gangs[spec.group])
-                if "gang " + spec.group in self._generations:
-                    m.generation = self._generations["gang " + spec.group] + 1
-                self.gangs[spec.group] = m
-
-    def _start(self, names) -> None:
-        for g in sorted({self.procs[n].spec.group for n in names} - {None}):  # type: ignore[type-var]
-            self.post(("gang", g), Start())
-        for n in names:
-            if self.procs[n].spec.group is None:
-                self.post(("proc", n), Start())
+        """Move to ``plan`` (a reload): see :func:`dynamo_launch.daemon.reload.apply`."""
+        await reload_apply(self, plan, d, timeout)
 
     # --- host links -----------------------------------------------------------------------------------
 
@@ -518,32 +449,7 @@ class Runner:
 
     async def probe(self, probe: ProbeSpec) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
-        try:
-            if probe.kind is ProbeKind.TCP:
-                r = await tcp_connect(probe.address, int(probe.port or 0), probe.timeout)
-                return r.ok, r.detail
-            if probe.kind is ProbeKind.HTTP:
-                r = await http_get(probe.url, probe.timeout)
-                return r.ok, r.detail
-            link = self.links[probe.host]
-            if probe.kind is ProbeKind.COMMAND:
-                argv = list(probe.command)
-            elif probe.kind is ProbeKind.RAY_NODES:
-                argv = ray_nodes_argv(link.host.python, probe.address, int(probe.port or 0))
-            elif probe.kind is ProbeKind.RAY_NODE:
-                address, _, port = probe.url.rpartition(":")
-                argv = ray_nodes_argv(link.host.python, address, int(port))
-            else:
-                return True, "process alive"
-            out = await link.call("exec", timeout=probe.timeout + 10, args={"argv": argv, "timeout": probe.timeout})
-            if probe.kind is ProbeKind.COMMAND:
-                return out.get("code") == 0, f"{' '.join(probe.command)[:60]}: exit {out.get('code')}"
-            if out.get("code") != 0:
-                return False, f"ray status: exit {out.get('code')}"
-            member = probe.address if probe.kind is ProbeKind.RAY_NODE else ""
-            return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=member)
-        except DynamoLaunchError as e:
-            return False, str(e)
+        return await run_probe(probe, self.links)
 
     async def _gates(self, p: Proc) -> None:
         """Post DepsReady once every start gate of ``p`` holds (and its host answers)."""

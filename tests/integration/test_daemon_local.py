@@ -346,3 +346,23 @@ def test_metrics_endpoint_serves_the_truth(harness, monkeypatch, tmp_path):
     assert 'dynamo_launch_process_restarts_total{cluster="t",host="local",process="web"} 0' in text
     assert 'dynamo_launch_host_up{cluster="t",host="local"} 1' in text
     assert "dynamo_launch_up_seconds{" in text and "dynamo_launch_probe_seconds{" in text
+
+
+def test_command_probe_runs_on_the_host_through_its_agent(harness, tmp_path):
+    port = free_port()
+    flag = tmp_path / "ready-flag"
+    text = standin_process("cmd", port, host="local", bind="127.0.0.1", health=False)
+    text += f'\n[processes.health]\ncheck = "command"\ncommand = ["test", "-e", "{flag}"]\ninterval = 0.3\n'
+    h = harness(text)
+
+    async def go():
+        d = await h.up()
+        await asyncio.sleep(1.0)
+        assert h.state("cmd") is State.STARTING  # the command fails until the flag exists
+        assert "exit 1" in h.proc("cmd").health
+        flag.write_text("")
+        await h.until(lambda: h.state("cmd") is State.READY, 10)
+        assert "exit 0" in d.runner.procs["cmd"].health
+        await h.down()
+
+    arun(go())
