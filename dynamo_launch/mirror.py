@@ -576,7 +576,9 @@ class Mirror:
                     self._log.warning("etcd unreachable: supervision goes on, the mirror catches up when it is back",
                                       error=str(e))
                 self.connected, self.last_error = False, str(e)
-                await asyncio.sleep(backoff.next())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):  # retry_now() cuts the wait short
+                    await asyncio.wait_for(self._wake.wait(), backoff.next())
                 continue
             except Exception as e:  # a bug must not kill the mirror silently, nor spin
                 self._log.exception("etcd mirror step failed", error=str(e))
@@ -595,6 +597,10 @@ class Mirror:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due)
+
+    def retry_now(self) -> None:
+        """etcd should answer now (ours just became ready): try at once instead of after the backoff."""
+        self._wake.set()
 
     def state(self) -> dict[str, Any]:
         """The mirror's health, for ``status`` and logs."""

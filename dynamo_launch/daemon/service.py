@@ -113,6 +113,9 @@ class Daemon:
         """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
         self._take_lock()
         saved = self._load_state()
+        # Before preflight: when another daemon supervises this cluster, say that — not that
+        # its ports are busy.
+        await self._lead(wait=bool(saved))
         self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
         if preflight:
             checks = await run_preflight(self.inv, self.plan, self.transports,
@@ -120,7 +123,6 @@ class Daemon:
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
-        await self._lead(wait=bool(saved))
         self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
         await self._open_links()
         records = {name: await link.records() for name, link in self.links.items()}
@@ -453,6 +455,8 @@ class Daemon:
         self.events.append(event)
         if self.bus is not None:
             self.bus.publish(event)
+        if name == "etcd" and n.kind == "ready" and self.mirror is not None:
+            self.mirror.retry_now()  # take the leader key now, before the rest of the cluster starts
         self._mirror()
         level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed") else "info"
         generation = proc.machine.generation if proc is not None else n.data.get("generation")

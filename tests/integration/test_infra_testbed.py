@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import socket
 import time
 import urllib.request
@@ -229,3 +230,18 @@ def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_no
         ps = bed.exec(h, ["sh", "-c", f"ls {c.state_dir}/run 2>/dev/null; pgrep -f '[s]tandin.py --port {web}' || true"],
                       capture_output=True, text=True, timeout=10)
         assert ps.stdout.strip() == "", (h, ps.stdout)
+
+
+def test_a_second_daemon_for_the_cluster_is_refused_through_etcd(infra_cluster, bed, tmp_path):  # noqa: F811
+    n_port, n_mon, e_port, e_peer, web = ports(5)
+    c = infra_cluster(dynamo_standin("web", web, hosts=["h2"]), run_infra((n_port, n_mon), (e_port, e_peer)))
+    c.up(timeout=120)
+    # Another head for the same cluster: its own state dir and control socket, so only etcd can tell.
+    other = tmp_path / "other-head.toml"
+    other.write_text(c.path.read_text().replace(f'state_dir = "{c.state_dir}"', f'state_dir = "{c.state_dir}-b"'))
+    env = {**c.env, "DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp_path / "run-b")}
+    r = subprocess.run([PY, "-m", "dynamo_launch.cli", "up", str(other), "--log-format", "json"], env=env,
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 1
+    assert f"cluster {c.name} is already supervised by pid {c.proc.pid}" in r.stderr, r.stderr[-2000:]
+    assert [p["name"] for p in c.scan("h2")] == ["web"]  # nothing started twice
