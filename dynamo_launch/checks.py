@@ -265,6 +265,9 @@ def _check_ports(inv: Inventory, r: Reader) -> None:
     used: dict[tuple[str, int], tuple[str, KeyPath]] = {}
     for proc in plan.processes:
         for port, origin in proc.ports:
+            if origin == ("cluster", "system_port") and port > 32767:  # Dynamo parses it as a signed 16-bit number
+                r.problem(origin, f"{proc.name} on {proc.host} would get system port {port}: Dynamo accepts at most "
+                                  "32767; lower cluster.system_port")
             key = (proc.host, port)
             if key in used and used[key][0] != proc.name:
                 other, other_origin = used[key]

@@ -108,6 +108,7 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     from .sdnotify import Notifier
 
     notifier = Notifier()  # first: it takes systemd's variables out of the environment children inherit
+    _activate_own_environment()
     inv, plan = _load(inventory)
     logs.configure(json_output=None if log_format == "auto" else log_format == "json")
     daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier)
@@ -146,6 +147,7 @@ def down(inventory: str, timeout: float) -> None:
     from .daemon import Daemon
 
     inv, plan = _load(inventory)
+    _activate_own_environment()
     try:
         try:
             result = control.request(control.socket_path(plan.cluster), "down", timeout=timeout)
@@ -361,6 +363,21 @@ def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:
         sys.exit(3)
     except DynamoLaunchError as e:
         _fail(str(e))
+
+
+def _activate_own_environment() -> None:
+    """Put this interpreter's directory first on PATH, as activating its venv would.
+
+    On a ``local = true`` head the daemon starts the node agent, and through it every process,
+    with the inventory's ``python`` (``python3`` unless set) and binaries such as ``nats-server``:
+    they then resolve to the environment dynamo-launch runs from, even when it was started as
+    ``.venv/bin/dynamo-launch`` (or by systemd) without activating anything. SSH hosts are not
+    affected: their PATH is their own.
+    """
+    own = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if own and own not in path.split(os.pathsep):
+        os.environ["PATH"] = own + (os.pathsep + path if path else "")
 
 
 def _show_checks(checks: list[Check]) -> None:

@@ -105,7 +105,8 @@ def frontend(ctx: Context) -> ProcessSpec:
         health=f.health,
         readiness=probe,
         liveness=probe,
-        env=ctx.dynamo_env(),
+        # where workers stream responses back to: the head's cluster address, not its default route
+        env=[*ctx.dynamo_env(), ("DYN_TCP_RESPONSE_STREAM_HOST", address)],
         user_env=f.env,
         depends_on=ctx.infra_gates(),
         ports=[(f.http_port, origin + ("http_port",))],

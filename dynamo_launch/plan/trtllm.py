@@ -14,7 +14,7 @@ from ..placement import Replica
 from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
-from .workers import leader_spec
+from .workers import system_env, leader_spec
 
 __all__ = ["processes"]
 
@@ -43,7 +43,8 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
     mpirun += ["-H", hosts, "-np", str(group.world_size)]
     if ssh.port != 22:
         mpirun += ["--mca", "plm_rsh_args", f"-p {ssh.port}"]
-    names = ["OMPI_MCA_orte_keep_fqdn_hostnames", "NATS_SERVER", "ETCD_ENDPOINTS", "DYN_SYSTEM_ENABLED", "DYN_SYSTEM_PORT"]
+    names = ["OMPI_MCA_orte_keep_fqdn_hostnames", "NATS_SERVER", "ETCD_ENDPOINTS",
+             *(k for k, _ in system_env("", 0))]
     names += [k for k, _ in (*ctx.inv.env, *group.env) if k not in names]
     for name in names:
         mpirun += ["-x", name]

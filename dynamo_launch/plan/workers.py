@@ -56,7 +56,7 @@ def leader_spec(
         health=health,
         readiness=probe,
         liveness=None if health.check == "process" else probe,
-        env=[*ctx.dynamo_env(), *env, ("DYN_SYSTEM_ENABLED", "true"), ("DYN_SYSTEM_PORT", str(port)), *_gpu_env(node)],
+        env=[*ctx.dynamo_env(), *env, *system_env(address, port), *_gpu_env(node)],
         user_env=group.env,
         depends_on=(*ctx.infra_gates(), *depends_on),
         group=replica.name if replica.multi_node else None,
@@ -64,6 +64,18 @@ def leader_spec(
         gpus=node.gpus,
         ports=[(port, ("cluster", "system_port")), *ports],
     )
+
+
+def system_env(address: str, port: int) -> list[tuple[str, str]]:
+    """A worker's system-status server and the addresses it advertises (Dynamo runtime).
+
+    ``DYN_SYSTEM_PORT`` turns the server on (``DYN_SYSTEM_ENABLED`` for Dynamo < 1.0); without
+    ``DYN_HEALTH_CHECK_ENABLED`` its ``/health`` answers 503 for ever. The ``*_HOST`` variables
+    make the worker advertise the node's cluster address rather than its default-route one,
+    which other hosts (the frontend fetching model files, the router) may not reach.
+    """
+    return [("DYN_SYSTEM_ENABLED", "true"), ("DYN_SYSTEM_PORT", str(port)), ("DYN_SYSTEM_HOST", address),
+            ("DYN_HEALTH_CHECK_ENABLED", "true"), ("DYN_TCP_RPC_HOST", address), ("DYN_EVENT_PLANE_HOST", address)]
 
 
 def rank_spec(
