@@ -1,0 +1,243 @@
+"""The one adapter over the etcd client library (``aetcd``: asyncio, modern protobuf).
+
+Only this module touches ``aetcd``/gRPC; their errors become :class:`MirrorError` (one line,
+naming the endpoints). ``aetcd`` is imported lazily, so importing this module is cheap. The
+``etcd3`` package is not used: it fails to import with protobuf ≥ 4, which Ray pulls in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import DynamoLaunchError
+
+__all__ = ["KV", "EtcdClient", "MirrorError", "parse_endpoints"]
+
+MAX_TXN_OPS = 100  # etcd's default --max-txn-ops is 128
+
+
+class MirrorError(DynamoLaunchError):
+    """etcd could not be used (unreachable, refused, timed out, bad endpoint); one line."""
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key as read from etcd (key and value decoded/raw as given)."""
+
+    key: str
+    value: bytes
+    lease: int = 0
+    create_revision: int = 0
+    mod_revision: int = 0
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
+    """``"http://a:2379,b:2379"`` or a list of such → ``[("a", 2379), ("b", 2379)]``.
+
+    Only plain ``http`` (aetcd has no TLS); a missing port is 2379. ValueError when malformed.
+    """
+    items = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
+    out = []
+    for item in filter(None, items):
+        url = urlsplit(item if "://" in item else f"http://{item}")
+        if url.scheme != "http":
+            raise ValueError(f"etcd endpoint {item!r}: only http:// endpoints are supported")
+        try:
+            port = url.port or 2379
+        except ValueError:
+            raise ValueError(f"etcd endpoint {item!r}: bad port") from None
+        if not url.hostname:
+            raise ValueError(f"etcd endpoint {item!r}: no host")
+        out.append((url.hostname, port))
+    if not out:
+        raise ValueError("no etcd endpoint given")
+    return out
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unavailable_reason(details: str) -> str:
+    """gRPC's UNAVAILABLE details, shortened: "…: Failed to connect to remote host: Connection refused" → the end."""
+    marker = "Failed to connect to remote host: "
+    if marker in details:
+        return _one_line(details.rsplit(marker, 1)[1])
+    return _one_line(details or "unavailable")
+
+
+class EtcdClient:
+    """A small asyncio etcd v3 client over ``aetcd``: str keys, bytes values, :class:`MirrorError`.
+
+    ``endpoints``: comma-separated ``http://host:port`` (or a list). Calls go to one endpoint at a
+    time; when it cannot be reached the next one is tried (once per call, for requests that never
+    left); every call has ``timeout`` seconds. Not thread-safe; one event loop.
+
+    ::
+
+        c = EtcdClient("http://127.0.0.1:2379")
+        lease = await c.grant_lease(10)
+        created, current = await c.create_if_absent("/k", b"v", lease=lease)
+        await c.keepalive(lease)            # remaining TTL; 0 when the lease is gone
+        await c.put("/a/b", b"x"); [kv.key for kv in await c.get_prefix("/a/")]
+        await c.close()
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0):
+        try:
+            self._targets = parse_endpoints(endpoints)
+        except ValueError as e:
+            raise MirrorError(str(e)) from None
+        self.endpoints = ",".join(f"http://{h}:{p}" for h, p in self._targets)
+        self.timeout = timeout
+        self._index = 0
+        self._client: Any = None
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _new_client(self) -> Any:
+        import aetcd  # lazy: grpc is heavy, and `status` without --etcd must not pay for it
+
+        host, port = self._targets[self._index]
+        # Reconnect quickly once etcd is back (gRPC's default backoff grows to 2 minutes).
+        options = {"grpc.initial_reconnect_backoff_ms": 100, "grpc.min_reconnect_backoff_ms": 100,
+                   "grpc.max_reconnect_backoff_ms": 1000, "grpc.enable_retries": 0}
+        return aetcd.Client(host=host, port=port, timeout=self.timeout, options=options,
+                            connect_wait_timeout=max(1, int(self.timeout)))
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2)
+
+    async def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(client)`` (a coroutine); translate every aetcd/gRPC error into MirrorError."""
+        import aetcd
+
+        reasons: list[tuple[str, str]] = []
+        for _ in range(len(self._targets)):
+            if self._client is None:
+                self._client = self._new_client()
+            host, port = self._targets[self._index]
+            where = f"http://{host}:{port}"
+            try:
+                return await asyncio.wait_for(fn(self._client), self.timeout + 1)
+            except asyncio.CancelledError:
+                raise
+            except aetcd.ConnectionFailedError as e:  # UNAVAILABLE: nothing was applied; try the next endpoint
+                reasons.append((where, _unavailable_reason(str(e))))
+                await self._drop_client()
+                self._index = (self._index + 1) % len(self._targets)
+                continue
+            except (aetcd.ConnectionTimeoutError, TimeoutError):
+                await self._drop_client()
+                self._index = (self._index + 1) % len(self._targets)
+                raise MirrorError(f"etcd {what} timed out after {self.timeout:g}s at {where}") from None
+            except aetcd.ClientError as e:
+                raise MirrorError(f"etcd {what} failed at {where}: {_one_line(str(e) or type(e).__name__)}") from None
+            except Exception as e:  # grpc internals (channel closed under us, usage errors): same contract
+                await self._drop_client()
+                raise MirrorError(f"etcd {what} failed at {where}: {_one_line(f'{type(e).__name__}: {e}')}") from None
+        if len(reasons) == 1:
+            raise MirrorError(f"etcd unreachable at {reasons[0][0]}: {reasons[0][1]}")
+        raise MirrorError(f"etcd unreachable at {self.endpoints} ({'; '.join(f'{w}: {r}' for w, r in reasons)})")
+
+    @staticmethod
+    def _kv(raw: Any, key: str | None = None) -> KV:
+        k = raw.key.decode(errors="replace") if key is None else key
+        return KV(k, bytes(raw.value), int(raw.lease), int(raw.create_revision), int(raw.mod_revision))
+
+    # -- operations ---------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Check that etcd answers (a read of one key); MirrorError when it does not."""
+        await self.get("/dynamo-launch/")  # any key will do: this one is ours
+
+    async def get(self, key: str) -> KV | None:
+        r = await self._call("get", lambda c: c.get(key.encode()))
+        return None if r is None else self._kv(r, key)
+
+    async def get_prefix(self, prefix: str) -> list[KV]:
+        r = await self._call("get", lambda c: c.get_prefix(prefix.encode(), sort_order="ascend"))
+        return [self._kv(kv) for kv in r]
+
+    async def put(self, key: str, value: bytes | str, *, lease: int | None = None) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        await self._call("put", lambda c: c.put(key.encode(), data, lease=lease))
+
+    async def delete(self, key: str) -> bool:
+        """True when the key existed."""
+        return await self._call("delete", lambda c: c.delete(key.encode())) is not None
+
+    async def delete_prefix(self, prefix: str) -> int:
+        r = await self._call("delete", lambda c: c.delete_prefix(prefix.encode()))
+        return int(r.deleted)
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its id."""
+        lease = await self._call("lease grant", lambda c: c.lease(int(ttl)))
+        return int(lease.id)
+
+    async def keepalive(self, lease: int) -> int:
+        """Renew ``lease`` once; the TTL granted again (0 when the lease no longer exists)."""
+        reply = await self._call("lease keepalive", lambda c: c.refresh_lease(lease))
+        return 0 if reply is None else max(0, int(reply.TTL))
+
+    async def lease_ttl(self, lease: int) -> int:
+        """Seconds left on ``lease`` (-1 or 0 when it is gone)."""
+        info = await self._call("lease info", lambda c: c.get_lease_info(lease, keys=False))
+        return int(info.TTL)
+
+    async def revoke_lease(self, lease: int) -> None:
+        """Revoke ``lease`` (its keys are deleted); a lease that is already gone is fine."""
+        try:
+            await self._call("lease revoke", lambda c: c.revoke_lease(lease))
+        except MirrorError as e:
+            if "not found" not in str(e):
+                raise
+
+    async def create_if_absent(self, key: str, value: bytes | str, *, lease: int | None = None) -> tuple[bool, KV | None]:
+        """Atomically create ``key`` unless it exists: ``(created, the key as it now is)``."""
+        data = value.encode() if isinstance(value, str) else value
+
+        async def txn(c: Any) -> Any:
+            t = c.transactions
+            k = key.encode()
+            return await c.transaction(compare=[t.create(k) == 0],
+                                       success=[t.put(k, data, lease=lease), t.get(k)],
+                                       failure=[t.get(k)])
+
+        succeeded, responses = await self._call("transaction", txn)
+        current = None
+        for resp in responses:
+            if isinstance(resp, list) and resp:
+                current = self._kv(resp[0][1], key)
+        return bool(succeeded), current
+
+    async def write(self, ops: Iterable[tuple[str, bytes | None]], *, if_created_at: tuple[str, int] | None = None,
+                    lease: int | None = None) -> bool:
+        """Put (value bytes) or delete (value None) several keys in one transaction.
+
+        ``if_created_at=(key, revision)``: only if ``key`` still exists with that create revision
+        (the leadership fence); False when it does not (nothing written). ``lease`` applies to the puts.
+        """
+        ops = list(ops)
+
+        async def txn(c: Any) -> Any:
+            t = c.transactions
+            compare = [] if if_created_at is None else [t.create(if_created_at[0].encode()) == if_created_at[1]]
+            success = [t.put(k.encode(), v, lease=lease) if v is not None else t.delete(k.encode()) for k, v in ops]
+            return await c.transaction(compare=compare, success=success, failure=[])
+
+        succeeded, _ = await self._call("transaction", txn)
+        return bool(succeeded)
+
+    async def close(self) -> None:
+        await self._drop_client()
