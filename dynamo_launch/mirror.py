@@ -40,7 +40,7 @@ and a viewer on any node (``status --etcd``)::
     snap = await read_status("http://10.0.0.1:2379", "prod")   # MirrorError if unreachable / never published
     print(render(snap))
 
-The small :class:`EtcdClient` adapter is the only code that touches ``aetcd``/gRPC; it turns
+The small :class:`EtcdClient` adapter (:mod:`dynamo_launch.etcd`) is the only code that touches ``aetcd``/gRPC; it turns
 their errors into :class:`MirrorError` (one line, naming the endpoints). ``aetcd`` is imported
 lazily, so importing this module is cheap.
 """
