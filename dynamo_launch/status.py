@@ -83,7 +83,7 @@ def render(snap: dict[str, Any]) -> str:
     for p in snap["processes"]:
         rows.append((p["host"], p["name"], p["role"], p["state"], str(p["pid"] or "-"), _duration(p["uptime"]),
                      str(p["restarts"]), str(p["generation"]), _exit_text(p["last_exit"]),
-                     (p["health"] or (p["reason"] if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") else ""))[:60]))
+                     p["health"] or (p["reason"] if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") else "")))  # last: never cut
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     up = sum(1 for p in snap["processes"] if p["state"] in ("READY", "RUNNING"))
     lines = [f"cluster {snap['cluster']} — launch {snap['launch_id']}, daemon pid {snap['daemon_pid']}, "

@@ -185,9 +185,12 @@ class Runner:
             raise DynamoLaunchError(f"no process, gang or group called {target!r}")
         return found
 
-    async def stop_all(self, reason: str = "down", timeout: float | None = None) -> list[str]:
-        """Stop everything in reverse dependency order; the names left UNKNOWN (host unreachable)."""
-        levels = self._levels()
+    async def stop_all(self, reason: str = "down", timeout: float | None = None,
+                       only: set[str] | None = None) -> list[str]:
+        """Stop everything (or the processes in ``only``, with their gangs) in reverse dependency
+        order; the names left UNKNOWN (host unreachable)."""
+        levels = {u: lv for u, lv in self._levels().items()
+                  if only is None or (self.gangs[u[1]].members if u[0] == "gang" else (u[1],))[0] in only}
         for level in sorted(set(levels.values()), reverse=True):
             units = [u for u, lv in levels.items() if lv == level]
             for kind, name in units:
@@ -196,7 +199,7 @@ class Runner:
             limit = timeout or max(self.procs[n].spec.restart.stop_timeout for n in names) + 15
             await self.wait_for(lambda: all(self.procs[n].machine.state in (State.STOPPED, State.UNKNOWN)
                                             for n in names), limit)
-        return [n for n, p in self.procs.items() if p.machine.state is State.UNKNOWN]
+        return [n for n, p in self.procs.items() if p.machine.state is State.UNKNOWN and (only is None or n in only)]
 
     async def apply(self, plan: Plan, d: PlanDiff, timeout: float | None = None) -> None:
         """Move to ``plan`` (a reload): see :func:`dynamo_launch.daemon.reload.apply`."""

@@ -302,6 +302,15 @@ class Daemon:
             self.notifier.status(self.status_line())
             await asyncio.sleep(interval)
 
+    async def _let_go_of_etcd_and_nats(self) -> None:
+        """Release the leader key (after a last status write) and flush the queued events."""
+        if self.mirror is not None:
+            await self.mirror.close()
+            self.mirror = None
+        if self.bus is not None:
+            await self.bus.close(timeout=2.0 if self.bus.state().get("connected") else 0.0)
+            self.bus = None
+
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop everything and return (signal handlers call this)."""
         if not self._stop.is_set():
@@ -312,7 +321,12 @@ class Daemon:
         """Stop every process in reverse dependency order, verify, forget the launch if clean."""
         assert self.runner is not None
         self._log.info("stopping every process", reason=reason)
-        unknown = await self.runner.stop_all(reason)
+        # NATS and etcd last, and only once the leader key is released and the events flushed:
+        # stopped first, the next `up` would find this daemon's key in etcd's data and wait it out.
+        infra = {n for n, p in self.runner.procs.items() if p.spec.kind in ("nats", "etcd")}
+        unknown = await self.runner.stop_all(reason, only=set(self.runner.procs) - infra)
+        await self._let_go_of_etcd_and_nats()
+        unknown += await self.runner.stop_all(reason, only=infra)
         report = StopReport(stopped=sorted(n for n in self.runner.procs if n not in unknown), unknown=unknown)
         for name, link in self.links.items():
             if not link.up:
@@ -356,12 +370,7 @@ class Daemon:
         """Let go of everything (processes on the nodes keep running)."""
         if self.runner is not None:
             await self.runner.close()
-        if self.mirror is not None:
-            await self.mirror.close()
-            self.mirror = None
-        if self.bus is not None:
-            await self.bus.close(timeout=2.0 if self.bus.state().get("connected") else 0.0)
-            self.bus = None
+        await self._let_go_of_etcd_and_nats()
         await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
         for t in self.transports.values():
             with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,3 +112,6 @@ def test_embedded_default_serves_chat_completions_and_stops_clean(tmp_path):
         if launch:
             for p in scan_launch(launch):
                 os.kill(p["pid"], signal.SIGKILL)
+        # the frontend keeps a copy of every model's files under ~/.cache/dynamo/mdc/by-slug/
+        slug = Path.home() / ".cache" / "dynamo" / "mdc" / "by-slug" / str(model).strip("/").replace("/", "_")
+        shutil.rmtree(slug, ignore_errors=True)
