@@ -85,15 +85,21 @@ def strays(scanned: Iterable[Record], keep: Mapping[str, int]) -> list[Record]:
     """Scanned processes (``scan`` results) that are not of a kept process and generation.
 
     ``keep`` maps each process we hold on this host to its live generation; the children of
-    a kept process carry the same name and generation and are kept with it.
+    a kept process carry the same name and generation and are kept with it. A process whose
+    name or generation cannot be read is never a stray: Ray's ``ray::`` processes overwrite
+    their environment with their title, leaving the launch id readable and the rest not, and
+    killing what cannot be attributed could kill a worker's helpers. (A gang restart already
+    kills each member's whole process group.)
     """
     out = []
     for s in scanned:
         name, gen = s.get("name"), s.get("generation")
         try:
-            gen = int(gen) if gen is not None else None
+            gen = int(gen)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            gen = None
+            continue
+        if not name:
+            continue
         if name not in keep or keep[name] != gen:
             out.append(s)
     return out
