@@ -41,8 +41,13 @@ def ray_processes(
     procs = []
 
     def host_env(host: str) -> list[tuple[str, EnvValue]]:
-        extra: list[tuple[str, EnvValue]] = [("VLLM_HOST_IP", ctx.inv.host(host).address)] if vllm_host_ip else []
-        return [*env, *extra]
+        # On TERM a Ray node drains for up to 30 s by default: the daemon already stops it in
+        # dependency order and every stop (down, gang restart, reload) would wait that out and
+        # end in KILL. The inventory's env can still set it.
+        extra: list[tuple[str, EnvValue]] = [("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")]
+        if vllm_host_ip:
+            extra.append(("VLLM_HOST_IP", ctx.inv.host(host).address))
+        return [*extra, *env]
 
     head_probe = ctx.tcp(health, head_address, port)
     procs.append(
