@@ -331,6 +331,7 @@ class Mirror:
         loop = asyncio.get_running_loop()
         backoff = RetryDelay()
         while not self._closing:
+            self._wake.clear()  # before the attempt: a retry_now() during it must not be lost
             try:
                 await self._step()
             except LeaderHeld as e:
@@ -348,7 +349,6 @@ class Mirror:
                     self._log.warning("etcd unreachable: supervision goes on, the mirror catches up when it is back",
                                       error=str(e))
                 self.connected, self.last_error = False, str(e)
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):  # retry_now() cuts the wait short
                     await asyncio.wait_for(self._wake.wait(), backoff.next())
                 continue

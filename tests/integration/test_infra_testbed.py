@@ -236,6 +236,12 @@ def test_a_second_daemon_for_the_cluster_is_refused_through_etcd(infra_cluster, 
     n_port, n_mon, e_port, e_peer, web = ports(5)
     c = infra_cluster(dynamo_standin("web", web, hosts=["h2"]), run_infra((n_port, n_mon), (e_port, e_peer)))
     c.up(timeout=120)
+    head = bed.host("h1").address
+    leader = b64(f"/dynamo-launch/{c.name}/leader")
+    deadline = time.monotonic() + 20  # the daemon takes the key as soon as its etcd answers
+    while not etcd_call(f"http://{head}:{e_port}", "range", {"key": leader}).get("kvs"):
+        assert time.monotonic() < deadline, "the daemon never took the leader key"
+        time.sleep(0.2)
     # Another head for the same cluster: its own state dir and control socket, so only etcd can tell.
     other = tmp_path / "other-head.toml"
     other.write_text(c.path.read_text().replace(f'state_dir = "{c.state_dir}"', f'state_dir = "{c.state_dir}-b"'))
