@@ -267,7 +267,9 @@ def run_shim(spec, answer):
         chunk = os.read(err_r, 4096)
         error += chunk
     if not error:
-        answer({k: record[k] for k in ("pid", "pgid", "start_time", "boot_id", "shim_pid", "shim_start_time")})
+        # started_at is the host's clock: Ray's node start times on this host compare with it
+        answer({k: record[k] for k in ("pid", "pgid", "start_time", "boot_id", "shim_pid", "shim_start_time",
+                                       "started_at")})
     status = copy_output(pid, out_r, wake_r, log)
     record["exit"] = {"code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
                       "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "at": time.time()}

@@ -16,8 +16,13 @@ from .links import HostLink
 __all__ = ["run_probe"]
 
 
-async def run_probe(probe: Probe, links: Mapping[str, HostLink]) -> tuple[bool, str]:
-    """``(ok, detail)`` of one probe. Never raises for an unhealthy target or an unreachable host."""
+async def run_probe(probe: Probe, links: Mapping[str, HostLink],
+                    since: Mapping[str, float] | None = None) -> tuple[bool, str]:
+    """``(ok, detail)`` of one probe. Never raises for an unhealthy target or an unreachable host.
+
+    ``since`` (Ray probes): address → start of the process running that host's Ray node now;
+    see :func:`~dynamo_launch.health.judge_ray_nodes`.
+    """
     try:
         if probe.kind is ProbeKind.TCP:
             r = await tcp_connect(probe.address, int(probe.port or 0), probe.timeout)
@@ -29,10 +34,10 @@ async def run_probe(probe: Probe, links: Mapping[str, HostLink]) -> tuple[bool, 
         if probe.kind is ProbeKind.COMMAND:
             argv = list(probe.command)
         elif probe.kind is ProbeKind.RAY_NODES:
-            argv = ray_nodes_argv(link.host.python, probe.address, int(probe.port or 0))
+            argv = ray_nodes_argv(link.host.python, probe.address, int(probe.port or 0), probe.timeout)
         elif probe.kind is ProbeKind.RAY_NODE:
             address, _, port = probe.url.rpartition(":")
-            argv = ray_nodes_argv(link.host.python, address, int(port))
+            argv = ray_nodes_argv(link.host.python, address, int(port), probe.timeout)
         else:
             return True, "process alive"
         out = await link.call("exec", timeout=probe.timeout + 10, args={"argv": argv, "timeout": probe.timeout})
@@ -41,6 +46,6 @@ async def run_probe(probe: Probe, links: Mapping[str, HostLink]) -> tuple[bool, 
         if out.get("code") != 0:
             return False, f"ray status: exit {out.get('code')}"
         member = probe.address if probe.kind is ProbeKind.RAY_NODE else ""
-        return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=member)
+        return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=member, since=since)
     except DynamoLaunchError as e:
         return False, str(e)

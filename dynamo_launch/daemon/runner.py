@@ -379,8 +379,8 @@ class Runner:
             return
         p.record = {"name": spec.name, "pid": int(result["pid"]), "start_time": result.get("start_time"),
                     "boot_id": result.get("boot_id"), "launch_id": self.launch_id, "generation": generation,
-                    "started_at": time.time()}
-        p.started_wall = time.time()
+                    "started_at": float(result.get("started_at") or time.time())}
+        p.started_wall = p.record["started_at"]  # the host's clock (as Ray's node start times there)
         self._on_records()  # the state file names the copy before anyone hears it started
         self.post(("proc", p.name), Spawned(int(result["pid"])))
         early = p.early_exits.pop(int(result["pid"]), None)
@@ -441,7 +441,7 @@ class Runner:
         delay = 0.05
         while True:
             started = self.now()
-            ok, detail = await self.probe(probe)
+            ok, detail = await self.probe(probe, self._ray_since(p, probe))
             p.health, p.probe_seconds = detail, self.now() - started
             if kind == "liveness" or ok:
                 self.post(("proc", p.name), Probe(kind, ok, detail))  # type: ignore[arg-type]
@@ -450,9 +450,25 @@ class Runner:
             delay = probe.interval if kind == "liveness" else min(delay * 2, probe.interval, 1.0)
             await asyncio.sleep(delay)
 
-    async def probe(self, probe: ProbeSpec) -> tuple[bool, str]:
+    async def probe(self, probe: ProbeSpec, since: Mapping[str, float] | None = None) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
-        return await run_probe(probe, self.links)
+        return await run_probe(probe, self.links, since)
+
+    def _ray_since(self, p: Proc, probe: ProbeSpec) -> dict[str, float]:
+        """For a Ray probe run for ``p``: address → start of the process running that host's node now.
+
+        A restarted Ray node's dead predecessor stays alive in Ray for seconds; only nodes started
+        by the current copies count (``p`` itself for a worker's join, its gang's Ray processes
+        for a leader's node count).
+        """
+        if probe.kind is ProbeKind.RAY_NODE:
+            members = [p]
+        elif probe.kind is ProbeKind.RAY_NODES and p.spec.group:
+            members = [q for q in self.procs.values()
+                       if q.spec.group == p.spec.group and q.spec.kind in ("ray-head", "ray-worker")]
+        else:
+            return {}
+        return {self.links[q.spec.host].host.address: q.started_wall for q in members if q.started_wall is not None}
 
     async def _gates(self, p: Proc) -> None:
         """Post DepsReady once every start gate of ``p`` holds (and its host answers)."""
@@ -466,7 +482,7 @@ class Runner:
                     if state not in UP_STATES:
                         pending.append(f"{gate.process} {state.value}")
                 elif gate.probe is not None and not pending:
-                    ok, detail = await self.probe(gate.probe)
+                    ok, detail = await self.probe(gate.probe, self._ray_since(p, gate.probe))
                     if not ok:
                         pending.append(detail)
             if not pending:

@@ -10,23 +10,19 @@ failed under CI=true.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from dynamo_launch import control
-from tests.daemon_harness import PY, ROOT, standin_process, wait_until
+from tests.bed_daemon import BedDaemon
+from tests.daemon_harness import PY, ROOT, standin_process
 from tests.testbed_fixture import testbed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.testbed
-
-DL = [PY, "-m", "dynamo_launch.cli"]
 
 # Counts the processes of a launch inside a host (run there with nsenter; the tree is shared).
 _SCAN = ("import json, sys; sys.path.insert(0, sys.argv[2]); from tests.daemon_harness import scan_launch; "
@@ -38,104 +34,14 @@ def bed(testbed):  # noqa: F811
     return testbed(3)
 
 
-class Cluster:
-    """One `dynamo-launch up` daemon (a child process) for an inventory on the bed."""
+class Cluster(BedDaemon):
+    """One `dynamo-launch up` daemon for stand-in processes on the bed (keepalive 1 s × 2)."""
 
-    counter = 0
+    prefix = "tb"
 
     def __init__(self, bed, tmp: Path, processes: str, *, known_hosts: str | None = None,
                  keepalive: tuple[float, int] = (1.0, 2)):
-        Cluster.counter += 1
-        self.bed, self.tmp = bed, tmp
-        self.name = f"tb{os.getpid() % 10000}x{Cluster.counter}"
-        self.state_dir = f"/tmp/dl-{self.name}"  # private per host; the daemon's own in the root namespace
-        inv = bed.inventory()
-        hosts = "".join(f'\n[[hosts]]\nname = "{h["name"]}"\naddress = "{h["address"]}"\n' for h in inv["hosts"])
-        self.path = tmp / f"{self.name}.toml"
-        self.path.write_text(f"""
-[cluster]
-name = "{self.name}"
-head = "h1"
-state_dir = "{self.state_dir}"
-python = "{PY}"
-metrics = ""
-
-[ssh]
-user = "root"
-key_file = "{inv['ssh']['key_file']}"
-known_hosts = "{known_hosts or inv['ssh']['known_hosts']}"
-connect_timeout = 5.0
-keepalive_interval = {keepalive[0]}
-keepalive_count_max = {keepalive[1]}
-{hosts}
-[nats]
-external = "nats://127.0.0.1:1"
-
-[etcd]
-external = "http://127.0.0.1:1"
-{processes}
-""")
-        self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp / "run"), "PYTHONPATH": str(ROOT)}
-        self.sock = str(tmp / "run" / f"{self.name}.sock")
-        self.proc: subprocess.Popen | None = None
-        self.launch_ids: set[str] = set()
-        self.stderr_path = tmp / f"{self.name}.up.log"
-
-    # --- the daemon ------------------------------------------------------------------------------
-    def up(self, wait_ready: bool = True, timeout: float = 60.0) -> dict:
-        err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([*DL, "up", str(self.path), "--log-format", "json"], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
-        err.close()
-        assert wait_until(lambda: self._answers() or self.proc.poll() is not None, timeout, 0.1), self.log()
-        assert self.proc.poll() is None, self.log()
-        snap = self.status()
-        self.launch_ids.add(snap["launch_id"])
-        if wait_ready:
-            self.wait(lambda s: all(p["state"] in ("READY", "RUNNING") for p in s["processes"]), timeout)
-        return self.status()
-
-    def _answers(self) -> bool:
-        try:
-            self.status()
-            return True
-        except control.ControlError:
-            return False
-
-    def status(self) -> dict:
-        return control.request(self.sock, "status", timeout=5)
-
-    def request(self, op: str, **args) -> dict:
-        return control.request(self.sock, op, timeout=30, **args)
-
-    def wait(self, condition, timeout: float = 30.0) -> dict:
-        snap: dict = {}
-
-        def check() -> bool:
-            nonlocal snap
-            try:
-                snap = self.status()
-            except control.ControlError:
-                return False
-            return condition(snap)
-
-        assert wait_until(check, timeout, 0.1), f"timed out; last status:\n{json.dumps(snap, indent=1)}\n{self.log()}"
-        return snap
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-    def kill_daemon(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        os.unlink(self.sock)  # kill -9 leaves it behind, as in real life
-
-    def log(self) -> str:
-        try:
-            return self.stderr_path.read_text()[-4000:]
-        except OSError:
-            return ""
+        super().__init__(bed, tmp, processes, known_hosts=known_hosts, keepalive=keepalive)
 
     # --- the hosts -------------------------------------------------------------------------------
     def scan(self, host: str, launch_id: str | None = None) -> list[dict]:
@@ -151,9 +57,7 @@ external = "http://127.0.0.1:1"
         self.bed.exec(host, ["kill", f"-{sig}", str(pid)], check=True, timeout=10)
 
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.stop_daemon()
         for lid in self.launch_ids:
             for h in self.bed.hosts:
                 for p in self.scan(h.name, lid):

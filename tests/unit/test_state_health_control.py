@@ -100,11 +100,31 @@ def test_tcp_probe(http_server: int) -> None:
 
 
 def test_judge_ray_nodes() -> None:
-    out = 'noise\n["10.0.0.1", "10.0.0.2"]\n'
+    out = 'noise\n[["10.0.0.1", 100.0], ["10.0.0.2", 101.5]]\n'
     assert judge_ray_nodes(out, expect=2)[0]
     assert not judge_ray_nodes(out, expect=3)[0]
     assert judge_ray_nodes(out, member="10.0.0.2")[0]
+    assert not judge_ray_nodes(out, member="10.0.0.3")[0]
     assert not judge_ray_nodes("", expect=1)[0]
+    assert judge_ray_nodes("not json", expect=1) == (False, "ray: no node list")
+    assert not judge_ray_nodes('[["10.0.0.1"]]', expect=1)[0]  # malformed entries are no list either
+
+
+def test_judge_ray_nodes_ignores_a_dead_predecessor_still_listed_alive() -> None:
+    # h2's old node (started at 50) is still "alive" in Ray after its process was restarted at 200
+    before_rejoin = '[["10.0.0.1", 10.0], ["10.0.0.2", 50.0]]'
+    since = {"10.0.0.2": 200.0}
+    assert judge_ray_nodes(before_rejoin, member="10.0.0.2")[0]  # by address alone: the old bug
+    ok, detail = judge_ray_nodes(before_rejoin, member="10.0.0.2", since=since)
+    assert (ok, detail) == (False, "ray: 10.0.0.2 not joined (1 alive, 1 left from before a restart)")
+    assert not judge_ray_nodes(before_rejoin, expect=2, since=since)[0]
+    rejoined = '[["10.0.0.1", 10.0], ["10.0.0.2", 50.0], ["10.0.0.2", 201.25]]'
+    assert judge_ray_nodes(rejoined, member="10.0.0.2", since=since) == (True, "ray: 10.0.0.2 joined (2 alive)")
+    # a host counts once, however many nodes Ray still lists for it
+    assert not judge_ray_nodes(rejoined, expect=3)[0]
+    assert judge_ray_nodes(rejoined, expect=2, since=since)[0]
+    # start times from a Ray without them (null) are taken as they are
+    assert judge_ray_nodes('[["10.0.0.2", null]]', member="10.0.0.2", since=since)[0]
 
 
 def test_control_socket_owner_only_request_reply_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

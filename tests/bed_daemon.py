@@ -1,0 +1,157 @@
+"""One real `dynamo-launch up` daemon (the CLI, a child process) for an inventory on the test bed.
+
+Shared by the test-bed integration tests and by ``benchmarks/``: it writes the inventory (every
+bed host, SSH with the bed's key and strict host keys, external NATS/etcd that nothing contacts
+unless the body plans its own), starts ``up`` in the root namespace and talks to it over its
+control socket. Subclasses add what their tests count on the hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from dynamo_launch import control
+from tests.daemon_harness import PY, ROOT, wait_until
+
+DL = [PY, "-m", "dynamo_launch.cli"]
+
+
+class BedDaemon:
+    """`dynamo-launch up` for ``body`` (the ``[[processes]]``/``[ray]``/... tables) on ``bed``."""
+
+    counter = 0
+    prefix = "bd"
+
+    def __init__(self, bed, tmp: Path, body: str, *, hosts: list[str] | None = None,
+                 gpus: dict[str, int] | None = None, known_hosts: str | None = None,
+                 keepalive: tuple[float, int] = (2.0, 3), nats: str = "nats://127.0.0.1:1",
+                 etcd: str = "http://127.0.0.1:1", cluster_extra: str = ""):
+        BedDaemon.counter += 1
+        self.bed, self.tmp = bed, Path(tmp)
+        self.name = f"{self.prefix}{os.getpid() % 10000}x{BedDaemon.counter}"
+        self.state_dir = f"/tmp/dl-{self.name}"  # private per host; the daemon's own in the root namespace
+        inv = bed.inventory()
+        chosen = [h for h in inv["hosts"] if hosts is None or h["name"] in hosts]
+        self.hosts = [h["name"] for h in chosen]
+        host_tables = "".join(f'\n[[hosts]]\nname = "{h["name"]}"\naddress = "{h["address"]}"\n'
+                              + (f'gpus = {gpus.get(h["name"], 0)}\n' if gpus is not None else "") for h in chosen)
+        self.path = self.tmp / f"{self.name}.toml"
+        self.path.write_text(f"""
+[cluster]
+name = "{self.name}"
+head = "{self.hosts[0]}"
+state_dir = "{self.state_dir}"
+python = "{PY}"
+metrics = ""
+{cluster_extra}
+[ssh]
+user = "root"
+key_file = "{inv['ssh']['key_file']}"
+known_hosts = "{known_hosts or inv['ssh']['known_hosts']}"
+connect_timeout = 5.0
+keepalive_interval = {keepalive[0]}
+keepalive_count_max = {keepalive[1]}
+{host_tables}
+[nats]
+external = "{nats}"
+
+[etcd]
+external = "{etcd}"
+{body}
+""")
+        self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(self.tmp / "run"), "PYTHONPATH": str(ROOT)}
+        self.sock = str(self.tmp / "run" / f"{self.name}.sock")
+        self.proc: subprocess.Popen | None = None
+        self.launch_id = ""
+        self.launch_ids: set[str] = set()
+        self.stderr_path = self.tmp / f"{self.name}.up.log"
+
+    # --- the daemon ------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> dict:
+        """Start `up` and wait until its control socket answers; the first status."""
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen([*DL, "up", str(self.path), "--log-format", "json"], env=self.env,
+                                         stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        assert wait_until(lambda: self.answers() or self.proc.poll() is not None, timeout, 0.05), self.log()
+        assert self.proc.poll() is None, self.log()
+        snap = self.status()
+        self.launch_id = snap["launch_id"]
+        self.launch_ids.add(self.launch_id)
+        return snap
+
+    def up(self, wait_ready: bool = True, timeout: float = 60.0) -> dict:
+        """:meth:`start`, then (``wait_ready``) wait until every process is READY or RUNNING."""
+        snap = self.start(timeout=timeout)
+        if wait_ready:
+            return self.wait(lambda s: all(p["state"] in ("READY", "RUNNING") for p in s["processes"]), timeout)
+        return snap
+
+    def answers(self) -> bool:
+        """Whether the control socket answers a status request."""
+        try:
+            self.status()
+            return True
+        except control.ControlError:
+            return False
+
+    def status(self) -> dict:
+        return control.request(self.sock, "status", timeout=5)
+
+    def request(self, op: str, **args) -> dict:
+        return control.request(self.sock, op, timeout=30, **args)
+
+    def events(self, since: int = 0) -> list[dict]:
+        return control.request(self.sock, "events", timeout=10, since=since)["events"]
+
+    def wait(self, condition, timeout: float = 60.0, interval: float = 0.1) -> dict:
+        """The first status for which ``condition(status)`` holds; fails after ``timeout``."""
+        snap: dict = {}
+
+        def check() -> bool:
+            nonlocal snap
+            try:
+                snap = self.status()
+            except control.ControlError:
+                return False
+            return condition(snap)
+
+        assert wait_until(check, timeout, interval), \
+            f"timed out; last status:\n{json.dumps(snap, indent=1)}\n{self.log()}"
+        return snap
+
+    def wait_event(self, match, since: int, timeout: float) -> dict:
+        """The first event after ``since`` that ``match``es; fails after ``timeout``."""
+        found: list[dict] = []
+
+        def check() -> bool:
+            found[:] = [e for e in self.events(since) if match(e)]
+            return bool(found)
+
+        assert wait_until(check, timeout, 0.1), f"no such event; events:\n{json.dumps(self.events(since), indent=1)}"
+        return found[0]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              check=False)
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon (its socket stays behind, as after a real kill -9)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        os.unlink(self.sock)
+
+    def stop_daemon(self) -> None:
+        """SIGKILL the daemon if it still runs (cleanup; the hosts' processes are the caller's)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        try:
+            return self.stderr_path.read_text()[-4000:]
+        except OSError:
+            return ""
