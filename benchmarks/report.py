@@ -1,0 +1,337 @@
+"""Render a results JSON (``benchmarks/run.py``) as docs/benchmarks.md and the bring-up plot.
+
+    .venv/bin/python -m benchmarks.report [RESULTS.json] [--docs DIR]
+
+Every number in the page comes from the JSON; the prose around it (method, fairness, caveats)
+is fixed text kept next to the scenario code it describes. Missing or failed scenarios are shown
+as such, never left out silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.common import ROOT
+
+PLOT = "img/benchmarks-bringup.png"
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+def secs(s: dict | None, unit: str = "s") -> str:
+    """``1.23 s (1.10–1.40)`` from a summary; ``ms`` renders milliseconds."""
+    if not s or s.get("median") is None:
+        return "—"
+    k, fmt = (1000.0, "{:.0f}") if unit == "ms" else (1.0, "{:.1f}" if unit == "CPU-s" else "{:.2f}")
+    med, lo, hi = (fmt.format(s[x] * k) for x in ("median", "min", "max"))
+    return f"{med} {unit}" + (f" ({lo}–{hi})" if s.get("n", 0) > 1 else "")
+
+
+def num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def failed(sc: dict | None) -> str | None:
+    """A line for a scenario that did not run or failed, else None."""
+    if sc is None:
+        return "_Not run in this result set._\n"
+    if "error" in sc:
+        return f"_Failed in this run: `{sc['error']}`._\n"
+    return None
+
+
+def med(s: dict | None) -> float | None:
+    return None if not s else s.get("median")
+
+
+# --- the targets ------------------------------------------------------------------------------------
+
+def targets(sc: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(what, measured, target, met) for every target of issue 6 that the results cover."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def add(what: str, value: float | None, shown: str, limit: float, target: str, above: bool = False) -> None:
+        ok = None if value is None else (value >= limit if above else value <= limit)
+        rows.append((what, shown, target, ok))
+
+    b = sc.get("bringup") or {}
+    if b.get("scaling") is not None:
+        sizes = b.get("sizes", [])
+        add(f"bring-up N={sizes[-1]['n']} vs N={sizes[0]['n']}", b["scaling"], f"{b['scaling']:.2f}×", 1.5, "≤ 1.5×")
+    r = sc.get("ray_up") or {}
+    if r.get("speedup") is not None:
+        add("`ray up` time / dynamo-launch time (4 hosts)", r["speedup"], f"{r['speedup']:.1f}×", 3.0, "≥ 3×", True)
+    f = sc.get("failure") or {}
+    single = f.get("single") or {}
+    if single:
+        add("kill -9 → exit recorded (median)", med(single.get("detect")), secs(single.get("detect"), "ms"), 0.5, "≤ 0.5 s")
+        add("kill -9 → running again (median)", med(single.get("running")), secs(single.get("running"), "ms"), 1.5, "≤ 1.5 s")
+    fp = sc.get("footprint") or {}
+    if fp.get("rss_mb"):
+        where = f"{fp.get('hosts')} hosts × 3 processes, idle"
+        add(f"daemon RSS, {where}", fp["rss_mb"]["max"], f"{fp['rss_mb']['max']:.0f} MB (max)", 120, "≤ 120 MB")
+        add(f"daemon CPU, {where}", fp["cpu_pct"], f"{fp['cpu_pct']:.2f} % of a core", 3.0, "≤ 3 %")
+    cl = sc.get("cli_latency") or {}
+    for key, what, limit in (("status", f"`status`, {cl.get('hosts')} hosts", 0.4),
+                             ("validate", f"`validate`, {cl.get('inventory_hosts')}-host inventory", 0.5),
+                             ("plan", f"`plan`, {cl.get('inventory_hosts')}-host inventory", 0.5)):
+        if cl.get(key):
+            add(what + " (wall)", med(cl[key]["wall"]), secs(cl[key]["wall"]), limit, f"≤ {limit} s")
+    return rows
+
+
+# --- the fixed prose (the full method is each scenario module's docstring) -------------------------
+
+METHOD = {
+    "bringup": """Workload: 3 tiny TCP listeners per host (`benchmarks/workload.py`, started with `python -I -S`),
+each ready when its port accepts. dynamo-launch: from launching the real `up` CLI to the last
+`ready` event (cross-checked by a 20 ms status poll). The SSH loops do what the reference guides
+amount to by hand or by script: for each host in turn, `ssh host 'nohup … &'` with OpenSSH (no
+connection sharing), once per process or once per host for all three, then wait until every port
+accepts. Tools are interleaved and their order rotated every repeat. The loops do no preflight, no
+health checks and no supervision. `benchmarks/bringup.py`.
+""",
+    "ray_up": """The same 4-host bare Ray cluster (1 CPU and 80 MB object store per node, every port pinned, the
+same `ray` of the same environment, no setup commands) brought up by `ray up` with Ray's on-prem
+`local` provider (v1 autoscaler: `RAY_UP_enable_autoscaler_v2=0`; `-y --no-config-cache`; its own
+`RAY_TMPDIR`; an empty private home on each host so it does not pay this machine's `.bashrc`) and by
+dynamo-launch's `[ray]` table. Both are timed from launching the tool to the moment Ray's GCS lists
+all 4 hosts alive, seen by one observer on the head polling every 100 ms
+(`benchmarks/ray_poll.py`). `benchmarks/ray_up.py`.
+""",
+    "failure": """kill -9 from the root namespace (exact timestamp) of a supervised stand-in, then the daemon's
+events: *exit recorded* (`exited`), *running again* (`started`: the record is on disk and the pid
+known), *READY again* (`ready`: the first readiness probe passed). Each process is killed at most
+once per `reset_after`, so every restart is the immediate first one of a streak (later ones back off
+on purpose). For the gang, one member of a 3-host gang is killed and the times are until every
+member runs, and is READY, at the next generation. `benchmarks/failure.py`.
+""",
+    "footprint": """The daemon supervises the light workload on every host (TCP liveness probe every 5 s); once all
+are READY and settled, its `/proc` entries are sampled every second for the idle window. The
+same window is measured again with probes off (`check = "process"`) on the same hosts: the
+difference is the cost of probing. `benchmarks/footprint.py`.
+""",
+    "cli_latency": """Wall and CPU time of the real CLI as a subprocess, 10 runs each: `status` against a daemon
+supervising 32 hosts × 3 processes, and `validate`/`plan` of a generated 256-host inventory (8 GPUs
+per host, multi-node vLLM, SGLang and TRT-LLM groups, a Ray-executor group, two processes per host:
+771 processes in 96 gangs). `benchmarks/cli_latency.py`.
+""",
+}
+
+CAVEATS = """All N "hosts" share this machine's cores: every per-host cost (sshd's handshake, the user's
+login shell for the one SSH channel per host, the agent's interpreter, one shim per process, the
+workload itself) is paid N times on the same 2 cores, which real hosts each pay on their own. The
+bring-up curve is therefore an upper bound for a real cluster; the daemon's own share of the CPU is
+what the footprint measures. On this machine root's `~/.bashrc` runs `pyenv init` (≈ 0.2 s of CPU for
+every SSH command, on every tool that uses SSH alike); a fresh Debian's does not.
+"""
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+def section_machine(res: dict) -> str:
+    m = res.get("machine", {})
+    v = m.get("versions", {})
+    rows = [["date", m.get("date", "")], ["CPU", f"{m.get('cores')} cores, {m.get('cpu', '')}"],
+            ["memory", f"{m.get('memory_gib')} GiB"], ["kernel", m.get("kernel", "")],
+            ["Python", m.get("python", "")], ["OpenSSH", m.get("openssh", "")],
+            ["versions", ", ".join(f"{k} {x}" for k, x in v.items() if x)], ["commit", m.get("git", "")],
+            ["test bed", f"{res.get('bed_hosts')} hosts (own network, PID and mount namespaces; own sshd)"],
+            ["repeats", str(res.get("options", {}).get("repeats"))]]
+    return table(["", ""], rows)
+
+
+def section_bringup(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    rows = []
+    for s in sc["sizes"]:
+        dl = s.get("dynamo_launch")
+        loops = [s.get("ssh_loop_per_process"), s.get("ssh_loop_per_host")]
+        rows.append([str(s["n"]), str(s["n"] * sc.get("per_host", 3)), secs(dl), *(secs(x) for x in loops),
+                     *(num(med(x) / med(dl) if med(x) and med(dl) else None, "{:.1f}×") for x in loops)])
+    out = table(["hosts", "processes", "dynamo-launch `up` → all READY", "SSH loop, one ssh per process",
+                 "SSH loop, one ssh per host", "per-process loop ÷ launcher", "per-host loop ÷ launcher"], rows)
+    if sc.get("scaling") is not None:
+        out += (f"\nN={sc['sizes'][-1]['n']} takes **{sc['scaling']:.2f}×** the time of N={sc['sizes'][0]['n']} "
+                f"for dynamo-launch; {num(sc.get('scaling_ssh_loop_per_host'), '{:.1f}')}× for the per-host SSH loop "
+                f"and {num(sc.get('scaling_ssh_loop_per_process'), '{:.1f}')}× for the per-process one.\n")
+    out += f"\n![bring-up time against the number of hosts]({PLOT})\n"
+    phases = [p for p in ("logging", "agents", "preflight", "first_start", "last_started", "all_ready")
+              if any((s.get("phases") or {}).get(p) for s in sc["sizes"])]
+    if phases:
+        out += "\nWhere dynamo-launch's time goes (median seconds after the CLI was launched):\n\n"
+        out += table(["hosts", *phases, "SSH connections per host", "sshd sessions per host"],
+                     [[str(s["n"]), *(num(med(s["phases"].get(p))) for p in phases),
+                       str(s.get("connections_per_host", {}).get("daemon_tcp_max", "—")),
+                       str(s.get("connections_per_host", {}).get("sshd_sessions_max", "—"))] for s in sc["sizes"]])
+    return out
+
+
+def section_ray(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    tools = [("ray_up", "`ray up` (local provider)"), ("dynamo_launch", "dynamo-launch `up` (`[ray]` table)"),
+             ("dynamo_launch_cheap_probe", "dynamo-launch, no join probe (diagnostic)")]
+    rows = [[label, secs(sc.get(t)), secs(sc.get(f"{t}_head_alive")), secs((sc.get("last_ray_start") or {}).get(t)),
+             secs((sc.get("host_cpu") or {}).get(t), "CPU-s")] for t, label in tools if sc.get(t)]
+    out = table(["tool", f"all {sc.get('hosts', 4)} nodes alive", "head alive", "last `ray start` launched",
+                 "CPU spent on the hosts"], rows)
+    if sc.get("speedup") is not None:
+        out += f"\ndynamo-launch is **{sc['speedup']:.1f}×** faster than `ray up` (ratio of medians, same run).\n"
+    out += "".join(f"\n- {n}" for n in sc.get("notes", [])) + "\n"
+    if sc.get("config"):
+        out += "\nThe `ray up` cluster config:\n\n```yaml\n" + sc["config"].strip() + "\n```\n"
+    if sc.get("inventory_body"):
+        out += "\nThe dynamo-launch inventory's `[ray]` table:\n\n```toml\n" + sc["inventory_body"].strip() + "\n```\n"
+    return out
+
+
+def section_failure(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    s, g = sc.get("single", {}), sc.get("gang", {})
+    rows = [["one process (kill -9)", secs(s.get("detect"), "ms"), secs(s.get("running"), "ms"), secs(s.get("ready"), "ms")],
+            [f"gang of {g.get('members', 3)} across hosts (kill -9 one member)", secs(g.get("detect"), "ms"),
+             secs(g.get("all_running"), "ms"), secs(g.get("all_ready"), "ms")]]
+    return table(["after the kill", "exit recorded", "running again (every member)", "READY again (every member)"], rows)
+
+
+def section_footprint(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    p, a = sc.get("probing", {}), sc.get("agents", {})
+    off = sc.get("windows", {}).get("probes_off", {})
+    rows = [["daemon RSS (sampled every 1 s)", f"{med(sc['rss_mb']):.1f} MB median, {sc['rss_mb']['max']:.1f} MB max",
+             f"{med(off.get('rss_mb')) or 0:.1f} MB median"],
+            ["daemon CPU over the window", f"{sc['cpu_pct']:.2f} % of a core", f"{p.get('cpu_pct_probes_off', 0):.2f} %"],
+            ["probes per second", f"{p.get('probes_per_second', 0):.1f} (TCP, every {p.get('probe_interval')} s)", "0"],
+            ["node agent RSS (per host)", f"{med(a.get('rss_mb')) or 0:.1f} MB median", ""],
+            ["node agent CPU (per host)", f"{(a.get('cpu_pct') or {}).get('max') or 0:.3f} % max", ""]]
+    out = table([f"{sc['hosts']} hosts × 3 processes, {sc['idle_seconds']:.0f} s idle", "probes on", "probes off"], rows)
+    out += (f"
+Health probing costs **{p.get('cpu_pct_per_host', 0):.3f} % of a core per host** "
+            f"({num(p.get('cpu_ms_per_probe'))} ms of daemon CPU per probe): the difference between the two "
+            "windows, everything else equal.
+")
+    return out
+
+
+def section_cli(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    labels = {"python_startup": "`python -c pass` (the floor)", "import": "`import dynamo_launch.cli`",
+              "status": f"`dynamo-launch status` ({sc.get('hosts')} hosts, 3 processes each)",
+              "status_json": "`dynamo-launch status --json`",
+              "validate": f"`dynamo-launch validate` ({sc.get('inventory_hosts')} hosts)",
+              "plan": f"`dynamo-launch plan` ({sc.get('inventory_hosts')} hosts)"}
+    rows = [[label, secs(sc[k]["wall"]), secs(sc[k]["cpu"])] for k, label in labels.items() if k in sc]
+    out = table(["command", "wall time", "CPU time (user + sys)"], rows)
+    if sc.get("validate_says"):
+        out += f"\nThe generated inventory: `{sc['validate_says']}`\n"
+    return out
+
+
+def render(res: dict) -> str:
+    sc = res.get("scenarios", {})
+    met = targets(sc)
+    tgt = table(["target", "measured", "goal", "met"],
+                [[w, m, t, {True: "yes", False: "**no**", None: "—"}[ok]] for w, m, t, ok in met])
+    parts = [
+        "# Benchmarks\n",
+        "Generated by `benchmarks/run.py` from `benchmarks/results/latest.json`; do not edit by hand.\n"
+        "Every scenario runs on one test bed: N \"hosts\", each with its own network, PID and mount\n"
+        "namespaces and its own OpenSSH `sshd`, on one machine. The launcher reaches them over real SSH.\n"
+        "Medians with min–max over the repeats; ratios are between medians of the same run.\n",
+        "```bash\nsudo .venv/bin/pip install -e '.[bench]'   # matplotlib, py-spy, pyinstrument\n"
+        "sudo apt-get install -y rsync                # for `ray up` only\n"
+        "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n```\n",
+        "## Machine\n", section_machine(res),
+        "## Targets\n", tgt,
+        "## 1–2. Bring-up scaling, against a plain SSH loop\n", METHOD["bringup"], section_bringup(sc.get("bringup")),
+        "## 3. Against `ray up`\n", METHOD["ray_up"], section_ray(sc.get("ray_up")),
+        "## 4. Failure detection and repair\n", METHOD["failure"], section_failure(sc.get("failure")),
+        "## 5. Footprint\n", METHOD["footprint"], section_footprint(sc.get("footprint")),
+        "## 6. CLI latency\n", METHOD["cli_latency"], section_cli(sc.get("cli_latency")),
+        "## Reading these numbers\n", CAVEATS,
+    ]
+    return "\n".join(parts)
+
+
+def plot(res: dict, path: Path) -> Path | None:
+    """Bring-up time against N for every tool, medians with min–max bars; None without data."""
+    sc = (res.get("scenarios") or {}).get("bringup") or {}
+    if not sc.get("sizes"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for key, label in (("dynamo_launch", "dynamo-launch up"), ("ssh_loop_per_host", "SSH loop, one ssh per host"),
+                       ("ssh_loop_per_process", "SSH loop, one ssh per process")):
+        pts = [(s["n"], s[key]) for s in sc["sizes"] if (s.get(key) or {}).get("median") is not None]
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        ys = [v["median"] for _, v in pts]
+        err = [[v["median"] - v["min"] for _, v in pts], [v["max"] - v["median"] for _, v in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel(f"hosts ({sc.get('per_host', 3)} processes each)")
+    ax.set_ylabel("seconds to all ready")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([s["n"] for s in sc["sizes"]], [str(s["n"]) for s in sc["sizes"]])
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Bring-up time against the number of hosts (median, min–max)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_docs(res: dict, docs: Path) -> list[Path]:
+    """Write ``docs/benchmarks.md`` and its plot; the paths written."""
+    written = []
+    png = plot(res, docs / PLOT)
+    if png:
+        written.append(png)
+    md = docs / "benchmarks.md"
+    md.write_text(render(res))
+    return [md, *written]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.report", description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    a = ap.parse_args(argv)
+    for p in write_docs(json.loads(a.results.read_text()), a.docs):
+        print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
