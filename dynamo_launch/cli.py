@@ -1,8 +1,12 @@
-"""The ``dynamo-launch`` command line. The only module that prints or exits."""
+"""The ``dynamo-launch`` command line. The only module that prints or exits.
+
+asyncio, structlog (``logs``), the loader, the planner and the daemon are imported by the
+commands that use them: the quick commands (``status``, ``validate``, ``plan``) must not pay
+for what they do not use at every start.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -12,14 +16,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__, control, logs
+from . import __version__, control
 from .errors import DynamoLaunchError, InventoryError
-from .inventory import load
-from .model import Inventory
-from .plan import Plan, build
-from .plan.render import count, to_json, to_text
 
 if TYPE_CHECKING:
+    from .model import Inventory
+    from .plan import Plan
     from .preflight import Check
 
 __all__ = ["main"]
@@ -41,6 +43,8 @@ def main() -> None:
 @INVENTORY
 def validate(inventory: str) -> None:
     """Check INVENTORY and report every problem, one line each (exit 1 if any)."""
+    from .plan.render import count
+
     result = _plan(inventory)
     click.echo(
         f"{inventory}: ok — cluster {result.cluster!r}, {count(len(result.hosts), 'host')}, "
@@ -55,6 +59,8 @@ def validate(inventory: str) -> None:
               help="Show what `reload` would change in the running cluster: new, removed, restarted, unchanged.")
 def plan(inventory: str, as_json: bool, as_diff: bool) -> None:
     """Print what `up` would start: per host, in start order, pasteable commands (secrets masked)."""
+    from .plan.render import to_json, to_text
+
     result = _plan(inventory)
     if as_diff:
         click.echo(_ask(result.cluster, "diff", path=os.path.abspath(inventory))["text"], nl=False)
@@ -69,6 +75,9 @@ def _plan(path: str) -> Plan:
 
 def _load(path: str) -> tuple[Inventory, Plan]:
     """The inventory and plan of ``path``, or print every problem and exit 1."""
+    from .inventory import load
+    from .plan import build
+
     try:
         inv = load(path)
         return inv, build(inv)
@@ -104,6 +113,9 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     cluster are already running (a previous daemon was killed), they are adopted, not
     started again.
     """
+    import asyncio
+
+    from . import logs
     from .daemon import Daemon, PreflightFailed
     from .sdnotify import Notifier
 
@@ -144,6 +156,9 @@ def down(inventory: str, timeout: float) -> None:
     With a daemon running, it does the stopping and exits; without one, the processes
     recorded on the hosts are found and stopped directly.
     """
+    import asyncio
+
+    from . import logs
     from .daemon import Daemon
 
     inv, plan = _load(inventory)
@@ -279,6 +294,8 @@ def _event_line(e: dict) -> str:
 
 
 def _events_from_nats(url: str, cluster: str) -> None:
+    import asyncio
+
     from .eventbus import subscribe
 
     async def follow() -> None:
@@ -340,6 +357,8 @@ def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str,
 
 
 def _from_etcd(endpoints: str, cluster: str) -> dict:
+    import asyncio
+
     from .mirror import NotPublished, read_status
 
     try:
@@ -389,6 +408,8 @@ def _show_checks(checks: list[Check]) -> None:
 
 
 def _report_stop(stopped: list[str], unknown: list[str], leftovers: dict) -> None:
+    from .plan.render import count
+
     click.echo(f"stopped {count(len(stopped), 'process')}", err=True)
     if unknown:
         click.echo(f"could not verify (host unreachable): {', '.join(unknown)}; run `down` again once it answers",

@@ -7,16 +7,18 @@ status`` can find the daemon without being told which inventory it runs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DynamoLaunchError
+
+if TYPE_CHECKING:  # asyncio only for the daemon's server: the CLI's requests are plain blocking sockets
+    import asyncio
 
 __all__ = ["ControlError", "ControlServer", "NoDaemon", "find_socket", "request", "runtime_dir", "socket_path"]
 
@@ -78,7 +80,7 @@ def request(path: str, op: str, /, *, timeout: float = 10.0, **args: Any) -> dic
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         with sock.makefile("rb") as f:
             line = f.readline()
-    except socket.timeout:
+    except TimeoutError:
         raise ControlError(f"the daemon did not answer {op!r} within {timeout:g}s ({path})") from None
     except OSError as e:
         raise ControlError(f"control socket {path}: {e.strerror or e}") from None
@@ -105,6 +107,8 @@ class ControlServer:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        import asyncio
+
         old = os.umask(0o177)  # the socket is born owner-only: no window where others can connect
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path)
@@ -120,6 +124,8 @@ class ControlServer:
             os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             line = await reader.readline()
             try:

@@ -8,6 +8,7 @@ of every key has one home.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -294,10 +295,13 @@ class Inventory:
 
     def host(self, name: str) -> Host:
         """The host called ``name`` (validated inventories always have it)."""
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        raise KeyError(name)
+        return self._hosts_by_name[name]
+
+    @functools.cached_property
+    def _hosts_by_name(self) -> dict[str, Host]:
+        # The planner looks hosts up per process: a linear scan made plans of hundreds of hosts
+        # quadratic. First entry wins, as the scan did (duplicates are a validation problem).
+        return {h.name: h for h in reversed(self.hosts)}
 
     @property
     def head(self) -> Host:

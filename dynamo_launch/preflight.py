@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from . import secrets
@@ -321,30 +321,60 @@ def _skew(facts: dict[str, dict | str]) -> list[Check]:
     return out
 
 
-async def _facts(transport: Transport, python: str, timeout: float, extra: dict[str, Any] | None = None) -> dict | str:
-    argv = [python, "-c", FACTS, json.dumps(PACKAGES)] + ([json.dumps(extra)] if extra else [])
+class AgentLike(Protocol):
+    """What preflight needs of a host's running agent (a :class:`~dynamo_launch.daemon.links.HostLink`)."""
+
+    async def call(self, op: str, /, timeout: float = 30.0, **kwargs: Any) -> Any: ...
+
+
+def _facts_argv(python: str, extra: dict[str, Any] | None) -> list[str]:
+    return [python, "-c", FACTS, json.dumps(PACKAGES)] + ([json.dumps(extra)] if extra else [])
+
+
+def _parse_facts(python: str, code: int | None, stdout: str, stderr: str) -> dict | str:
+    if code != 0:
+        err = stderr.strip().splitlines()
+        return f"{python} failed (exit {code}): {err[-1] if err else 'no output'}"
     try:
-        await transport.connect()
-        done = await transport.run(argv, timeout=timeout)
-    except DynamoLaunchError as e:
-        return str(e)
-    if done.code != 0:
-        err = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"{python} failed (exit {done.code}): {err[-1] if err else 'no output'}"
-    try:
-        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return f"{python}: unexpected output"
 
 
-async def run_preflight(inv: Inventory, plan: Plan, transports: dict[str, Transport], *, timeout: float = 60.0,
-                        adopting: Iterable[str] = ()) -> list[Check]:  # fmt: skip
+async def _facts(transport: Transport, python: str, timeout: float, extra: dict[str, Any] | None = None) -> dict | str:
+    try:
+        await transport.connect()
+        done = await transport.run(_facts_argv(python, extra), timeout=timeout)
+    except DynamoLaunchError as e:
+        return str(e)
+    return _parse_facts(python, done.code, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+
+async def _facts_by_agent(agent: AgentLike, python: str, timeout: float, extra: dict[str, Any] | None) -> dict | str:
+    try:
+        out = await agent.call("exec", timeout=timeout + 10, args={"argv": _facts_argv(python, extra), "timeout": timeout})
+    except DynamoLaunchError as e:
+        return str(e)
+    code = None if out.get("timed_out") else out.get("code")
+    return _parse_facts(python, code, str(out.get("stdout", "")), str(out.get("stderr", "")) or "timed out")
+
+
+async def run_preflight(inv: Inventory, plan: Plan, transports: Mapping[str, Transport], *, timeout: float = 60.0,
+                        adopting: Iterable[str] = (), agents: Mapping[str, AgentLike] | None = None) -> list[Check]:  # fmt: skip
     """Ask every host in parallel (the head also about binaries and endpoints), then judge;
-    secrets are checked on the head."""
+    secrets are checked on the head. A host with a running agent in ``agents`` is asked
+    through it (no further SSH channel, no login shell), any other over its transport."""
     pythons = {h.name: h.python for h in plan.hosts}
     extra = head_probes(inv, plan)
-    results = await asyncio.gather(*(_facts(transports[h], pythons[h], timeout, extra if h == plan.head else None)
-                                     for h in pythons))
+    agents = agents or {}
+
+    def ask(h: str) -> Awaitable[dict | str]:
+        more = extra if h == plan.head else None
+        if h in agents:
+            return _facts_by_agent(agents[h], pythons[h], timeout, more)
+        return _facts(transports[h], pythons[h], timeout, more)
+
+    results = await asyncio.gather(*(ask(h) for h in pythons))
     checks = judge(inv, plan, dict(zip(pythons, results)), adopting=adopting)
     for problem in secrets.check([(p.name, p.env) for p in plan.processes]):
         checks.append(Check(plan.head, "secrets", "fail", problem))

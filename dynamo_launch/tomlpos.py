@@ -1,7 +1,8 @@
 """Line numbers for TOML key paths.
 
 ``tomllib`` gives values but not where they came from. Errors must name the
-line, so this module scans the (already syntax-checked) text once and records
+line, so this module scans the (already syntax-checked) text once — on the first
+lookup, i.e. only when there is a problem to report — and records
 the line on which every key, table header and array element starts. It
 understands only structure — keys, headers, strings, arrays, inline tables —
 and never raises: anything it cannot follow maps to the nearest enclosing key.
@@ -54,13 +55,16 @@ class LineMap:
         self._pos = 0
         self._line = 1
         self._aot_last: dict[KeyPath, int] = {}
-        try:
-            self._document()
-        except (IndexError, ValueError, RecursionError):
-            pass  # partial map: lookups fall back to enclosing keys
+        self._scanned = False  # the scan waits for the first lookup: a valid inventory never needs one
 
     def line(self, path: KeyPath) -> int:
         """Line of ``path``, else of its nearest recorded ancestor, else 1."""
+        if not self._scanned:
+            self._scanned = True
+            try:
+                self._document()
+            except (IndexError, ValueError, RecursionError):
+                pass  # partial map: lookups fall back to enclosing keys
         for n in range(len(path), 0, -1):
             found = self._lines.get(tuple(path[:n]))
             if found is not None:

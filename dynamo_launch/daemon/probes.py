@@ -6,22 +6,58 @@ its agent's ``exec`` (with the host's python, so Ray's client matches the cluste
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import DynamoLaunchError
 from ..health import http_get, judge_ray_nodes, ray_nodes_argv, tcp_connect
 from ..plan.spec import Probe, ProbeKind
 from .links import HostLink
 
-__all__ = ["run_probe"]
+__all__ = ["RayTables", "run_probe"]
 
 
-async def run_probe(probe: Probe, links: Mapping[str, HostLink],
-                    since: Mapping[str, float] | None = None) -> tuple[bool, str]:
+class RayTables:
+    """Reads of Ray clusters' node tables, shared by the probes that want one at about the same time.
+
+    A read starts a python on the head that loads Ray's GCS client: ~0.7 s of CPU there. Every
+    worker waiting to join, and a gang leader's gate, would each start one, back to back, on the
+    host that is busiest starting Ray. A read in flight is awaited by every probe of the same
+    cluster, and a result younger than ``fresh`` seconds is reused; each probe still judges it for
+    its own node. A failed read is never reused.
+    """
+
+    def __init__(self, fresh: float = 0.5, clock: Callable[[], float] = time.monotonic):
+        self.fresh, self._clock = fresh, clock
+        self._reads: dict[tuple[str, str, int], tuple[asyncio.Future, list[float]]] = {}
+        self.started = 0  # reads actually run (for tests and metrics)
+
+    async def read(self, link: HostLink, address: str, port: int, timeout: float) -> dict[str, Any]:
+        """The agent's ``exec`` answer for :func:`ray_nodes_argv` of ``address:port`` on ``link``."""
+        key = (link.name, address, port)
+        hit = self._reads.get(key)
+        if hit is not None:
+            task, finished = hit
+            if not task.done() or (not task.cancelled() and task.exception() is None
+                                   and self._clock() - finished[0] < self.fresh):
+                return await asyncio.shield(task)
+        argv = ray_nodes_argv(link.host.python, address, port, timeout)
+        task = asyncio.ensure_future(link.call("exec", timeout=timeout + 10, args={"argv": argv, "timeout": timeout}))
+        finished = [0.0]
+        task.add_done_callback(lambda _t: finished.__setitem__(0, self._clock()))
+        self._reads[key] = (task, finished)
+        self.started += 1
+        return await asyncio.shield(task)
+
+
+async def run_probe(probe: Probe, links: Mapping[str, HostLink], since: Mapping[str, float] | None = None,
+                    ray_tables: RayTables | None = None) -> tuple[bool, str]:
     """``(ok, detail)`` of one probe. Never raises for an unhealthy target or an unreachable host.
 
     ``since`` (Ray probes): address → start of the process running that host's Ray node now;
-    see :func:`~dynamo_launch.health.judge_ray_nodes`.
+    see :func:`~dynamo_launch.health.judge_ray_nodes`. ``ray_tables`` shares node-table reads.
     """
     try:
         if probe.kind is ProbeKind.TCP:
@@ -32,17 +68,17 @@ async def run_probe(probe: Probe, links: Mapping[str, HostLink],
             return r.ok, r.detail
         link = links[probe.host]
         if probe.kind is ProbeKind.COMMAND:
-            argv = list(probe.command)
-        elif probe.kind is ProbeKind.RAY_NODES:
-            argv = ray_nodes_argv(link.host.python, probe.address, int(probe.port or 0), probe.timeout)
+            out = await link.call("exec", timeout=probe.timeout + 10,
+                                  args={"argv": list(probe.command), "timeout": probe.timeout})
+            return out.get("code") == 0, f"{' '.join(probe.command)[:60]}: exit {out.get('code')}"
+        if probe.kind is ProbeKind.RAY_NODES:
+            address, port = probe.address, int(probe.port or 0)
         elif probe.kind is ProbeKind.RAY_NODE:
-            address, _, port = probe.url.rpartition(":")
-            argv = ray_nodes_argv(link.host.python, address, int(port), probe.timeout)
+            address, _, text = probe.url.rpartition(":")
+            port = int(text)
         else:
             return True, "process alive"
-        out = await link.call("exec", timeout=probe.timeout + 10, args={"argv": argv, "timeout": probe.timeout})
-        if probe.kind is ProbeKind.COMMAND:
-            return out.get("code") == 0, f"{' '.join(probe.command)[:60]}: exit {out.get('code')}"
+        out = await (ray_tables or RayTables()).read(link, address, port, probe.timeout)
         if out.get("code") != 0:
             return False, f"ray status: exit {out.get('code')}"
         member = probe.address if probe.kind is ProbeKind.RAY_NODE else ""

@@ -28,7 +28,7 @@ from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, 
                           ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
                           Stop, StopMember, StopProbes, TimerFired)
 from .links import HostLink
-from .probes import run_probe
+from .probes import RayTables, run_probe
 from .reconcile import Adoption, strays
 from .reload import apply as reload_apply
 
@@ -80,6 +80,7 @@ class Runner:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self.ray_tables = RayTables()  # Ray probes of one cluster share their node-table reads
         self._log = log.bind(cluster=plan.cluster)
 
     # --- life cycle -------------------------------------------------------------------------------
@@ -452,7 +453,7 @@ class Runner:
 
     async def probe(self, probe: ProbeSpec, since: Mapping[str, float] | None = None) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
-        return await run_probe(probe, self.links, since)
+        return await run_probe(probe, self.links, since, self.ray_tables)
 
     def _ray_since(self, p: Proc, probe: ProbeSpec) -> dict[str, float]:
         """For a Ray probe run for ``p``: address → start of the process running that host's node now.

@@ -104,6 +104,7 @@ class Daemon:
         self._metrics: MetricsServer | None = None
         self.mirror: Mirror | None = None  # status and leadership in etcd
         self.bus: EventBus | None = None  # lifecycle events on NATS
+        self._save_pending = False
         self._log = log.bind(cluster=plan.cluster)
 
     # --- preparation ------------------------------------------------------------------------------------
@@ -116,20 +117,32 @@ class Daemon:
         # Before preflight: when another daemon supervises this cluster, say that — not that
         # its ports are busy.
         await self._lead(wait=bool(saved))
-        self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
+        self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
         if preflight:
+            # The agents start first — one SSH channel per host does it all — and preflight asks
+            # through them (a host whose agent cannot start is asked over plain SSH, which says
+            # why in preflight's words). Agents start nothing by themselves: no process runs
+            # before preflight passed.
+            unreachable = await self._open_links(strict=False)
+            self._log.info("agents up", hosts=len(self.links))  # bring-up phases (benchmarks/bringup.py)
+            self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
             checks = await run_preflight(self.inv, self.plan, self.transports,
-                                         adopting=list((saved or {}).get("processes", {})))
+                                         adopting=list((saved or {}).get("processes", {})), agents=self.links)
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
-        self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
-        await self._open_links()
+            self._log.info("preflight passed", hosts=len(self.plan.hosts))
+            if unreachable:  # answered plain SSH after all: their agents now, or fail as before
+                await self._open_links(unreachable)
+        else:
+            await self._open_links()
+            self._log.info("agents up", hosts=len(self.links))
         records = {name: await link.records() for name, link in self.links.items()}
         self.launch_id = pick_launch_id((saved or {}).get("launch_id"), records) or uuid.uuid4().hex[:12]
         adoption = plan_adoption(self.plan, records, self.launch_id)
         await self._stop_records(adoption.stop)
-        self.runner = Runner(self.plan, self.links, self.launch_id, on_notify=self._notify, on_records=self.save)
+        self.runner = Runner(self.plan, self.links, self.launch_id, on_notify=self._notify,
+                             on_records=self._records_changed)
         for link in self.links.values():
             keep = {n: int(r["generation"]) for n, r in adoption.adopt.items() if self.plan.process(n).host == link.name}
             await self.runner._kill_strays(link, keep)
@@ -192,15 +205,23 @@ class Daemon:
                                     f"{self.plan.cluster!r}: give each cluster its own state_dir")
         return saved
 
-    async def _open_links(self, hosts: list | None = None) -> None:
+    async def _open_links(self, hosts: list | None = None, *, strict: bool = True) -> list:
+        """Connect to ``hosts`` (all) in parallel and start their agents. A failure raises, or
+        with ``strict=False`` drops that host's link: the hosts that failed are returned."""
         hosts = list(self.plan.hosts) if hosts is None else hosts
         for h in hosts:
             self.links[h.name] = HostLink(h, self.transports[h.name], self.plan.state_dir,
                                           on_event=self._on_agent_event, on_lost=self._on_lost, on_back=self._on_back)
         results = await asyncio.gather(*(self.links[h.name].open() for h in hosts), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
+        failed = []
+        for h, r in zip(hosts, results):
+            if not isinstance(r, BaseException):
+                continue
+            if strict:
                 raise r if isinstance(r, DynamoLaunchError) else DynamoLaunchError(str(r))
+            await self.links.pop(h.name).close()
+            failed.append(h)
+        return failed
 
     async def _stop_records(self, victims: list[tuple[str, dict[str, Any]]]) -> None:
         """Stop live copies that cannot be adopted (TERM, then KILL), and wait until they are gone."""
@@ -438,6 +459,18 @@ class Daemon:
         return d
 
     # --- state, events, control ------------------------------------------------------------------------
+
+    def _records_changed(self) -> None:
+        """Save once per turn of the event loop, however many copies changed in it: a bring-up
+        starts hundreds, and each save writes (fsync) every record and mirrors the status.
+        The callback runs before the queued events of those changes are applied."""
+        if not self._save_pending:
+            self._save_pending = True
+            asyncio.get_running_loop().call_soon(self._save_soon)
+
+    def _save_soon(self) -> None:
+        self._save_pending = False
+        self.save()
 
     def save(self) -> None:
         """Write the state file: the launch id and every process's current copy."""

@@ -7,6 +7,7 @@ then ordered so that every process comes after what it waits for.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 
 from ..errors import PlanError
@@ -22,8 +23,24 @@ __all__ = ["build"]
 _BACKENDS = {Backend.VLLM: vllm, Backend.SGLANG: sglang, Backend.TRTLLM: trtllm, Backend.MOCKER: mocker}
 
 
+# The last inventory planned and its plan. Validation plans the inventory to check its ports
+# (checks._check_ports) and the CLI then plans the same object again: with hundreds of hosts that
+# second build was a fifth of `plan`/`validate`. Inventories and plans are frozen and build is
+# pure, so the same object gets the same plan. A weak reference: the cache keeps nothing alive.
+_last: tuple[weakref.ref[Inventory], Plan] | None = None
+
+
 def build(inv: Inventory) -> Plan:
-    """The launch plan of a validated inventory."""
+    """The launch plan of a validated inventory (the same object is planned once)."""
+    global _last
+    if _last is not None and _last[0]() is inv:
+        return _last[1]
+    plan = _build(inv)
+    _last = (weakref.ref(inv), plan)
+    return plan
+
+
+def _build(inv: Inventory) -> Plan:
     ctx = Context(inv)
     procs: list[ProcessSpec] = []
     targets: dict[str, list[str]] = defaultdict(list)

@@ -9,6 +9,7 @@ Nothing here is a shell string: argv is a tuple, and secrets stay
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 from ..model import EnvValue, Restart, SecretRef, SshSettings
@@ -145,11 +146,21 @@ class Plan:
 
     def process(self, name: str) -> ProcessSpec:
         """The process called ``name``."""
-        for p in self.processes:
-            if p.name == name:
-                return p
-        raise KeyError(name)
+        return self._by_name[name]
 
     def on_host(self, host: str) -> tuple[ProcessSpec, ...]:
         """Processes of ``host``, in start order."""
-        return tuple(p for p in self.processes if p.host == host)
+        return self._by_host.get(host, ())
+
+    # Indexes built on first use (the plan is frozen): per-host and per-name lookups over all
+    # processes made rendering and checking plans of hundreds of hosts quadratic.
+    @functools.cached_property
+    def _by_name(self) -> dict[str, ProcessSpec]:
+        return {p.name: p for p in reversed(self.processes)}  # first wins, as a scan would
+
+    @functools.cached_property
+    def _by_host(self) -> dict[str, tuple[ProcessSpec, ...]]:
+        grouped: dict[str, list[ProcessSpec]] = {}
+        for p in self.processes:
+            grouped.setdefault(p.host, []).append(p)
+        return {host: tuple(procs) for host, procs in grouped.items()}

@@ -8,6 +8,7 @@ events and go to a queue read through :meth:`AgentClient.events`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import itertools
@@ -24,15 +25,44 @@ __all__ = ["AgentClient", "agent_source"]
 
 log = structlog.get_logger(__name__)
 
-# Exit 0 when argv[1] exists and its SHA-256 is argv[2]: the cheap check before an upload.
-_CHECK_PY = """\
-import hashlib, sys
+# The agent's bootstrap, run as ``python -I -c _BOOT_PY PATH SHA256 serve --state-dir DIR`` on
+# one SSH channel that then carries the agent's protocol: it says whether PATH already holds
+# that agent (``{"boot": "have"}``) or not (``{"boot": "need"}``: the client sends the source
+# as one base64 line, written atomically), then runs PATH as ``__main__`` in this interpreter.
+# One channel and one interpreter per host instead of three (check, upload, start): on a host
+# every SSH exec channel costs a login shell (with whatever the user's rc files run), and at
+# bring-up that per-host cost, not the daemon, is what grows with N.
+_BOOT_PY = """\
+import hashlib, os, sys
+path, digest = sys.argv[1], sys.argv[2]
 try:
-    with open(sys.argv[1], "rb") as f:
-        data = f.read()
+    with open(path, "rb") as f:
+        have = hashlib.sha256(f.read()).hexdigest() == digest
 except OSError:
-    sys.exit(1)
-sys.exit(0 if hashlib.sha256(data).hexdigest() == sys.argv[2] else 1)
+    have = False
+sys.stdout.write('{"boot": "%s"}\\n' % ("have" if have else "need"))
+sys.stdout.flush()
+if not have:
+    import base64, tempfile
+    data = base64.b64decode(sys.stdin.buffer.readline())
+    if hashlib.sha256(data).hexdigest() != digest:
+        sys.exit("agent upload: checksum mismatch")
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+import runpy
+sys.argv = [path] + sys.argv[3:]
+runpy.run_path(path, run_name="__main__")
 """
 
 _END = object()  # end of the event stream
@@ -74,14 +104,18 @@ class AgentClient:
         return self._channel is not None and self._dead is None
 
     async def start(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Upload the agent if that version is not on the host yet, start it, return ``hello``."""
+        """Start the agent (uploading it on the same channel if that version is not on the host
+        yet), return ``hello``."""
         source = self._source if self._source is not None else agent_source()
         digest = hashlib.sha256(source).hexdigest()
         self.path = f"{self.state_dir.rstrip('/') or '/'}/agent-{digest[:12]}.py"
-        check = await self.transport.run([self.python, "-I", "-c", _CHECK_PY, self.path, digest], timeout=timeout)
-        if check.code != 0:
-            await self.transport.upload(self.path, source, 0o644, timeout=timeout)
-        self._channel = await self.transport.start([self.python, self.path, "serve", "--state-dir", self.state_dir])
+        self._channel = await self.transport.start([self.python, "-I", "-c", _BOOT_PY, self.path, digest,
+                                                    "serve", "--state-dir", self.state_dir])
+        try:
+            await self._boot(self._channel, source, timeout)
+        except BaseException:
+            await self.close()
+            raise
         self._reader = asyncio.create_task(self._read_loop(self._channel))
         try:
             self.info = await self.call("hello", timeout=timeout)
@@ -89,6 +123,27 @@ class AgentClient:
             await self.close()
             raise
         return self.info
+
+    async def _boot(self, channel: Channel, source: bytes, timeout: float) -> None:
+        """The bootstrap's first line; send the source when it asks for it."""
+        try:
+            line = await asyncio.wait_for(channel.read_line(), timeout)
+        except TimeoutError:
+            raise CommandTimeout(f"{self.transport.describe()}: agent did not start within {timeout:g}s",
+                                 host=self.transport.host, timeout=timeout) from None
+        if line is None:
+            with contextlib.suppress(TransportError):
+                await channel.close()
+            code, tail = channel.returncode, channel.stderr_tail()
+            raise ChannelClosed(f"{self.transport.describe()}: agent did not start ({self.python}: exit status "
+                                f"{code})" + (f": {tail}" if tail else ""), host=self.transport.host)
+        try:
+            need = json.loads(line).get("boot") == "need"
+        except (ValueError, AttributeError):
+            raise TransportError(f"{self.transport.describe()}: agent bootstrap said {line[:200]!r}",
+                                 host=self.transport.host) from None
+        if need:
+            await channel.write_line(base64.b64encode(source).decode("ascii"))
 
     async def call(self, op: str, /, timeout: float = 30.0, *, args: Mapping[str, Any] | None = None,
                    **kwargs: Any) -> Any:
