@@ -12,8 +12,12 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections import Counter
+from pathlib import Path
+
+from benchmarks.common import PY
 
 __all__ = [
     "find_marked",
@@ -21,6 +25,7 @@ __all__ = [
     "kill_marked",
     "kill_pids",
     "launch_leftovers",
+    "private_homes",
     "sshd_sessions",
     "tcp_peers",
     "wait_ports",
@@ -139,3 +144,46 @@ def sshd_sessions(bed) -> dict[str, int]:
             if host is not None:
                 counts[host] += 1
     return counts
+
+
+def _keep_under_root() -> list[str]:
+    """Paths under /root the hosts still need with a private home: this python's installation
+    (here a venv whose interpreter lives in /root/.pyenv)."""
+    keep = set()
+    for path in (os.path.realpath(sys.base_prefix), os.path.realpath(PY)):
+        parts = Path(path).parts
+        if parts[:2] == ("/", "root") and len(parts) > 2:
+            keep.add(str(Path("/root", parts[2])))
+    return sorted(keep)
+
+
+def private_homes(bed, hosts: list[str], root: Path, mount: bool) -> None:
+    """Mount (or unmount) an empty per-host home over /root inside each host's mount namespace.
+
+    Like a fresh node's, a host's home then holds nothing of this machine's (whose root
+    ``.bashrc`` may cost every SSH command tenths of a second, on every tool alike), and what a
+    tool writes to ``~`` stays on its host. Mounts stack: a scenario may mount its own over one.
+
+    What the hosts' python needs from /root (``_keep_under_root``) is bind-mounted into it first.
+    The mounts exist only inside the hosts (their propagation is ``slave``): from here each home
+    is a plain directory whose mount points are empty, so removing it touches nothing else.
+    """
+    keep = _keep_under_root()
+    for h in hosts:
+        home = root / f"home-{h}"
+        if mount:
+            home.mkdir(parents=True)
+            (home / ".bashrc").write_text("")  # sourced by bash for every SSH command, and by `ray up`
+            cmds = []
+            for path in keep:
+                inner = home / os.path.relpath(path, "/root")
+                inner.mkdir()
+                cmds.append(["mount", "--bind", path, str(inner)])
+            cmds.append(["mount", "--rbind", str(home), "/root"])
+        else:
+            cmds = [["umount", "-l", "/root"]] + [["umount", "-l", str(home / os.path.relpath(p, "/root"))]
+                                                  for p in keep]
+        for argv in cmds:
+            r = bed.exec(h, argv, capture_output=True, text=True, timeout=30)
+            if mount and r.returncode != 0:
+                raise RuntimeError(f"{h}: {' '.join(argv)}: {r.stderr.strip()}")

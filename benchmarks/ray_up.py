@@ -67,6 +67,7 @@ from getpass import getuser
 from pathlib import Path
 
 from benchmarks.common import PY, ROOT, BedDaemon, Options, port_base, ratio, summary
+from benchmarks.hosts import private_homes
 from tests.integration.test_ray_testbed import pinned_ports
 
 RAY = str(Path(PY).parent / "ray")  # the venv's `ray`: what the launcher runs too
@@ -351,45 +352,6 @@ def cpu_facts(before: dict[str, dict], after: dict[str, dict], t0: float, tool_c
     raylets = [after[h]["raylet"] - t0 for h in after if after[h]["raylet"]]
     return {"host_cpu": sum(spent) if len(spent) == len(after) else None, "tool_cpu": tool_cpu,
             "last_raylet_started": max(raylets) if len(raylets) == len(after) else None}
-
-
-def _keep_under_root() -> list[str]:
-    """Paths under /root the hosts still need with a private home: this python's installation
-    (here a venv whose interpreter lives in /root/.pyenv)."""
-    keep = set()
-    for path in (os.path.realpath(sys.base_prefix), os.path.realpath(PY)):
-        parts = Path(path).parts
-        if parts[:2] == ("/", "root") and len(parts) > 2:
-            keep.add(str(Path("/root", parts[2])))
-    return sorted(keep)
-
-
-def private_homes(bed, hosts: list[str], root: Path, mount: bool) -> None:
-    """Mount (or unmount) an empty per-host home over /root inside each host's mount namespace.
-
-    What the hosts' python needs from /root (``_keep_under_root``) is bind-mounted into it first.
-    The mounts exist only inside the hosts (their propagation is ``slave``): from here each home
-    is a plain directory whose mount points are empty, so removing it touches nothing else.
-    """
-    keep = _keep_under_root()
-    for h in hosts:
-        home = root / f"home-{h}"
-        if mount:
-            home.mkdir(parents=True)
-            (home / ".bashrc").write_text("")  # `ray up` sources it before every command
-            cmds = []
-            for path in keep:
-                inner = home / os.path.relpath(path, "/root")
-                inner.mkdir()
-                cmds.append(["mount", "--bind", path, str(inner)])
-            cmds.append(["mount", "--rbind", str(home), "/root"])
-        else:
-            cmds = [["umount", "-l", "/root"]] + [["umount", "-l", str(home / os.path.relpath(p, "/root"))]
-                                                  for p in keep]
-        for argv in cmds:
-            r = bed.exec(h, argv, capture_output=True, text=True, timeout=30)
-            if mount and r.returncode != 0:
-                raise RuntimeError(f"ray_up: {h}: {' '.join(argv)}: {r.stderr.strip()}")
 
 
 def kill_control_masters(cluster: str) -> int:

@@ -8,7 +8,8 @@ Builds one test bed with as many hosts as the largest scenario needs, runs each 
 ``run(bed, opts)`` (modules in this directory, see ``SCENARIOS``), and writes the raw results
 with the machine's facts to ``<out>/results-<time>.json`` and ``<out>/latest.json``, then renders
 ``docs/benchmarks.md`` and the bring-up plot from them (``--no-docs`` to skip; ``--quick`` never
-touches docs). A scenario that fails is recorded with its error and the others still run; the
+touches docs). Every host gets an empty home of its own, as a fresh node has (``--machine-home``
+keeps this machine's). A scenario that fails is recorded with its error and the others still run; the
 exit status is then 1. Nothing here is a pass/fail test of the numbers: the targets are reported
 next to the measurements. Needs root (the test bed).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks.common import ROOT, Options, machine_facts
+from benchmarks.hosts import private_homes
 
 # name → (module, hosts it needs given the options); run in this order (the quiet ones first)
 SCENARIOS: dict[str, tuple[str, object]] = {
@@ -47,6 +50,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--out", type=Path, help=f"results directory (default {DEFAULT_OUT.relative_to(ROOT)})")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and its plot")
+    ap.add_argument("--machine-home", action="store_true",
+                    help="hosts keep this machine's /root (its .bashrc runs for every SSH command) instead of "
+                         "an empty home each, as fresh nodes have")
     a = ap.parse_args(argv)
     o = Options()
     if a.quick:
@@ -77,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     opts.tmp = Path(tempfile.mkdtemp(prefix="dl-bench-run-"))
     print(f"benchmarks: a test bed of {n} hosts; scenarios {', '.join(a.chosen)}", file=sys.stderr, flush=True)
     bed = new_testbed(n)
+    homes = [] if a.machine_home else [h.name for h in bed.hosts]
+    results["private_homes"] = bool(homes)
+    home_root = Path(tempfile.mkdtemp(prefix="dl-bench-homes-", dir="/var/tmp"))  # the hosts share /var/tmp, not /tmp
     failed = False
     try:
+        private_homes(bed, homes, home_root, mount=True)
         for name in a.chosen:
             module = importlib.import_module(SCENARIOS[name][0])
             t0 = time.monotonic()
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             results["scenarios"][name] = out
             _write(a.out, results)  # after each scenario: a later crash keeps what was measured
     finally:
+        private_homes(bed, homes, home_root, mount=False)
         bed.teardown()
+        shutil.rmtree(home_root, ignore_errors=True)
     path = _write(a.out, results, final=True)
     print(f"benchmarks: results in {path}", file=sys.stderr)
     if not (a.quick or a.no_docs):

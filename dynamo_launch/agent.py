@@ -23,6 +23,14 @@ from contextlib import contextmanager, suppress
 
 VERSION = "1"
 AGENT_FILE = os.path.abspath(__file__)
+# A shim starts this file as a module rather than a script, so its bytecode is cached next to it
+# (``__pycache__``) and not compiled again for every process: a third of a shim's start.
+SHIM_BOOT = ("import sys\n"
+             "from importlib.util import module_from_spec, spec_from_file_location\n"
+             "spec = spec_from_file_location('dynamo_launch_agent', sys.argv[1])\n"
+             "agent = module_from_spec(spec)\n"
+             "spec.loader.exec_module(agent)\n"
+             "agent.shim_main()\n")
 OUTPUT_LIMIT = 64 * 1024  # per stream of `exec`
 READ_LIMIT = 1 << 20  # largest answer of `tail` / `read`
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
@@ -584,7 +592,7 @@ class Agent:
     def start_shim(self, spec, timeout=30.0):
         """Start the detached shim: a fresh interpreter, as forking this threaded process is unsafe."""
         env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}  # scans must not find shims
-        proc = subprocess.Popen([sys.executable or "python3", "-I", "-S", AGENT_FILE, "shim"], cwd="/", env=env,
+        proc = subprocess.Popen([sys.executable or "python3", "-I", "-S", "-c", SHIM_BOOT, AGENT_FILE], cwd="/", env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 close_fds=True, start_new_session=True)
         out, deadline = b"", time.monotonic() + timeout
