@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shlex
 import subprocess
@@ -51,6 +52,7 @@ from benchmarks.common import (
     WORKLOAD,
     BedDaemon,
     Options,
+    cpu_busy,
     light_workload,
     port_base,
     ratio,
@@ -111,10 +113,12 @@ def dynamo_once(bed, tmp: Path, hosts: list[str], base: int) -> dict:
     d = BedDaemon(bed, tmp, light_workload(hosts, base, PER_HOST), hosts=hosts)
     expect = PER_HOST * len(hosts)
     try:
+        busy0 = cpu_busy()
         t0 = time.time()  # BedDaemon.start's first act is the Popen of the CLI
         d.start(timeout=120)
         wait_all_ready(d, expect, timeout=120)
         t_poll = time.time()
+        busy = cpu_busy() - busy0
         events = d.events()
         conns = _connections(bed, d, hosts)
         phases = _phases(t0, events, _log_times(d.stderr_path))
@@ -123,7 +127,8 @@ def dynamo_once(bed, tmp: Path, hosts: list[str], base: int) -> dict:
         d.proc.wait(60)
         left = launch_leftovers(d.launch_id)
         assert not left, f"after down, processes of {d.launch_id} still run: {left}"
-        return {"total": phases["all_ready"], "poll": round(t_poll - t0, 4), "phases": phases, "connections": conns}
+        return {"total": phases["all_ready"], "poll": round(t_poll - t0, 4), "phases": phases, "connections": conns,
+                "busy": busy / (t_poll - t0) / (os.cpu_count() or 1)}
     finally:
         d.stop_daemon()
         for lid in d.launch_ids:
@@ -144,6 +149,7 @@ def ssh_loop_once(bed, hosts: list[str], base: int, *, per_host: bool) -> dict:
     batches = ["\n".join(commands)] if per_host else commands
     address = {h.name: h.address for h in bed.hosts}
     try:
+        busy0 = cpu_busy()
         t0 = time.time()
         pids = 0
         for h in hosts:
@@ -156,7 +162,9 @@ def ssh_loop_once(bed, hosts: list[str], base: int, *, per_host: bool) -> dict:
         t_ready = wait_ports([(address[h], base + i) for h in hosts for i in range(PER_HOST)], timeout=60)
         assert t_ready is not None, "ports never all accepted"
         assert pids == PER_HOST * len(hosts), f"{pids} pids echoed"
-        return {"total": round(t_ready - t0, 4), "ssh_done": round(t_started - t0, 4)}
+        busy = cpu_busy() - busy0
+        return {"total": round(t_ready - t0, 4), "ssh_done": round(t_started - t0, 4),
+                "busy": busy / (time.time() - t0) / (os.cpu_count() or 1)}
     finally:
         left = kill_marked(f"DL_BENCH_LOOP={tag}")
         assert not left, f"ssh loop processes survive: {left}"
@@ -203,6 +211,8 @@ def _size_result(n: int, series: dict[str, list[dict]]) -> dict:
         "ssh_loop_per_host_ssh_done": summary([r["ssh_done"] for r in series["ssh_loop_per_host"]]),
         "phases": phases,
         "connections_per_host": conns,
+        # share of all cores busy from t0 to all ready: near 1 means the bed's CPU, not the tool, set the pace
+        "cpu_busy": {t: summary([r["busy"] for r in series[t]]) for t in TOOLS},
         "speedup_vs_ssh_loop_per_process": ratio(summary([r["total"] for r in series["ssh_loop_per_process"]]),
                                                  summary([r["total"] for r in dl])),
         "speedup_vs_ssh_loop_per_host": ratio(summary([r["total"] for r in series["ssh_loop_per_host"]]),

@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 from tests.bed_daemon import DL, BedDaemon  # noqa: E402
 from tests.daemon_harness import PY  # noqa: E402
 
-__all__ = ["DL", "PY", "ROOT", "BedDaemon", "Options", "WORKLOAD", "machine_facts", "summary", "ratio",
+__all__ = ["DL", "PY", "ROOT", "BedDaemon", "Options", "WORKLOAD", "cpu_busy", "machine_facts", "summary", "ratio",
            "light_workload", "all_ready", "wait_all_ready", "port_base"]
 
 WORKLOAD = str(ROOT / "benchmarks" / "workload.py")
@@ -99,6 +99,17 @@ def ratio(a: dict, b: dict) -> float | None:
     if not a.get("median") or not b.get("median"):
         return None
     return a["median"] / b["median"]
+
+
+def cpu_busy() -> float:
+    """CPU seconds this machine's cores have been busy since boot (``/proc/stat``, all of them).
+
+    Every bed host runs on this machine, so the busy time over a run, divided by the run's wall
+    time and the cores, says how CPU-bound the run was.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def port_base() -> int:

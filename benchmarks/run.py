@@ -50,6 +50,8 @@ def parse(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--out", type=Path, help=f"results directory (default {DEFAULT_OUT.relative_to(ROOT)})")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and its plot")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other scenarios of <out>/latest.json and replace only those run now")
     ap.add_argument("--machine-home", action="store_true",
                     help="hosts keep this machine's /root (its .bashrc runs for every SSH command) instead of "
                          "an empty home each, as fresh nodes have")
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine_facts(), "options": {k: str(v) if isinstance(v, Path) else v
                                                              for k, v in vars(opts).items()},
                      "bed_hosts": n, "scenarios": {}}
+    if a.update and (a.out / "latest.json").exists():
+        earlier = json.loads((a.out / "latest.json").read_text())
+        results["scenarios"] = earlier.get("scenarios", {})
+        results["bed_hosts"] = max(n, earlier.get("bed_hosts", 0))
+        results["updated"] = {"earlier": earlier.get("machine", {}).get("date"), "scenarios": a.chosen}
     a.out.mkdir(parents=True, exist_ok=True)
     opts.tmp = Path(tempfile.mkdtemp(prefix="dl-bench-run-"))
     print(f"benchmarks: a test bed of {n} hosts; scenarios {', '.join(a.chosen)}", file=sys.stderr, flush=True)
