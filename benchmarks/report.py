@@ -139,6 +139,12 @@ timing on the hosts) and what dominated was fixed. Before/after, each measured A
 | each Ray worker's join probe started its own python loading Ray on the head | probes of one cluster share a node-table read (0.5 s) | 4-node Ray bring-up, loaded machine (2 runs each) | 29.7 / 25.9 s, 44 / 40 CPU-s on the hosts | 21.5 / 14.9 s, 29 / 25 CPU-s |
 | `ray.init()` in the Ray probe | Ray's GCS client only | one probe | 1.4–1.8 s | 0.6–0.9 s |
 | the CLI: a line map of the whole file on success, the plan built twice, linear lookups, eager imports | line map only on error, plan once, indexed lookups, lazy imports | CPU time, median of 10 (`validate` / `plan` 256 hosts, `status` 32 hosts) | 0.48 / 0.53 / 0.33 s | 0.31 / 0.37 / 0.14 s |
+
+What dominates a 32-host bring-up now is starting the 96 processes (about half of it, ~0.1 s of
+CPU each: the agent starts a fresh interpreter for each shim, because forking the threaded agent
+is unsafe). The next lever is a fork server the agent starts before its threads, so a shim forks
+from an initialised interpreter; it is not done yet (the spawn path is what the cluster's safety
+rests on).
 """
 
 CAVEATS = """All N "hosts" share this machine's cores: every per-host cost (sshd's handshake, the user's
