@@ -289,7 +289,8 @@ class _Loader:
         t = r.table(
             raw,
             p,
-            {"head", "workers", "port", "num_cpus", "num_gpus", "object_store_memory", "extra_args", "env", "restart", "health"},
+            {"head", "workers", "port", "num_cpus", "num_gpus", "object_store_memory", "extra_args", "head_args",
+             "worker_args", "env", "restart", "health"},
         )
         return RayCluster(
             head=r.get(t, p, "head", str),
@@ -299,6 +300,8 @@ class _Loader:
             num_gpus=r.get(t, p, "num_gpus", int, None, minimum=0),
             object_store_memory=r.get(t, p, "object_store_memory", int, None, minimum=78643200),
             extra_args=r.strings(t, p, "extra_args", ()),
+            head_args=r.strings(t, p, "head_args", ()),
+            worker_args=r.strings(t, p, "worker_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),
             health=self.health(t, p),

@@ -238,6 +238,8 @@ class RayCluster:
     num_gpus: int | None = None
     object_store_memory: int | None = None
     extra_args: tuple[str, ...] = ()
+    head_args: tuple[str, ...] = ()  # the head's `ray start` only (e.g. --dashboard-host)
+    worker_args: tuple[str, ...] = ()  # every worker's `ray start` only
     env: tuple[tuple[str, EnvValue], ...] = ()
     restart: Restart = Restart()
     health: Health = Health()

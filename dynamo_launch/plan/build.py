@@ -60,7 +60,8 @@ def _build(inv: Inventory) -> Plan:
         start += [f"--object-store-memory={r.object_store_memory}"] if r.object_store_memory is not None else []
         start += list(r.extra_args)
         add("ray", ray_processes(ctx, prefix="ray", head=r.head, workers=r.workers, port=r.port, origin=("ray",),
-                                 restart=r.restart, health=r.health, start_args=start, user_env=r.env))  # fmt: skip
+                                 restart=r.restart, health=r.health, start_args=start, head_args=r.head_args,
+                                 worker_args=r.worker_args, user_env=r.env))  # fmt: skip
     if inv.frontend is not None:
         add("frontend", [infra.frontend(ctx)])
     placement = place(inv)

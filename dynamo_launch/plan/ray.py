@@ -30,14 +30,20 @@ def ray_processes(
     restart: Restart,
     health: Health,
     start_args: Iterable[str] = (),
+    head_args: Iterable[str] = (),
+    worker_args: Iterable[str] = (),
     env: Iterable[tuple[str, EnvValue]] = (),
     user_env: Iterable[tuple[str, EnvValue]] = (),
     group: str | None = None,
     vllm_host_ip: bool = False,
 ) -> list[ProcessSpec]:
-    """``<prefix>-head`` on ``head`` and ``<prefix>-<i>`` on each worker host."""
+    """``<prefix>-head`` on ``head`` and ``<prefix>-<i>`` on each worker host.
+
+    ``start_args`` go to every ``ray start``, then ``head_args`` to the head's and ``worker_args``
+    to the workers' (flags like ``--dashboard-host`` or ``--include-dashboard`` are head-only).
+    """
     head_address = ctx.inv.host(head).address
-    start_args = tuple(start_args)
+    start_args, head_args, worker_args = tuple(start_args), tuple(head_args), tuple(worker_args)
     procs = []
 
     def host_env(host: str) -> list[tuple[str, EnvValue]]:
@@ -56,7 +62,7 @@ def ray_processes(
             host=head,
             kind="ray-head",
             argv=[ctx.tool(head, "ray"), "start", "--head", f"--port={port}", f"--node-ip-address={head_address}",
-                  "--disable-usage-stats", *start_args, "--block"],
+                  "--disable-usage-stats", *start_args, *head_args, "--block"],
             origin=origin,
             restart=restart,
             health=health,
@@ -78,7 +84,7 @@ def ray_processes(
                 host=host,
                 kind="ray-worker",
                 argv=[ctx.tool(host, "ray"), "start", f"--address={head_address}:{port}", f"--node-ip-address={address}",
-                      "--disable-usage-stats", *start_args, "--block"],
+                      "--disable-usage-stats", *start_args, *worker_args, "--block"],
                 origin=origin,
                 restart=restart,
                 health=health,

@@ -249,3 +249,18 @@ def test_nats_user_and_password_with_an_external_server_are_passed_on() -> None:
     assert "nats" not in [p.name for p in plan.processes]
     env = {e.name: e.value for e in plan.process("frontend").env}
     assert env["NATS_AUTH_USERNAME"] == "dyn" and str(env["NATS_AUTH_PASSWORD"]) == "file:/etc/dl/pw"
+
+
+def test_ray_head_and_worker_args_go_to_their_own_nodes_only() -> None:
+    plan = _plan("""
+        [ray]
+        head = "a"
+        workers = ["b"]
+        num_cpus = 2
+        extra_args = ["--temp-dir=/srv/ray"]
+        head_args = ["--dashboard-host=0.0.0.0"]
+        worker_args = ["--labels={\\"zone\\": \\"b\\"}"]
+        """)
+    head, worker = plan.process("ray-head").argv, plan.process("ray-1").argv
+    assert head[-4:] == ("--num-cpus=2", "--temp-dir=/srv/ray", "--dashboard-host=0.0.0.0", "--block")
+    assert worker[-4:] == ("--num-cpus=2", "--temp-dir=/srv/ray", '--labels={"zone": "b"}', "--block")
