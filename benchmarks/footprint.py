@@ -115,6 +115,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def agent_pids(state_dir: str) -> list[int]:
     """Root-namespace pids of the node agents serving ``state_dir`` (one per host)."""
     # argv ends "serve --state-dir DIR" however the agent was started (a script path, or a -c bootstrap)
@@ -130,7 +138,7 @@ def agent_pids(state_dir: str) -> list[int]:
             continue
         if argv and argv[-1] == "":
             argv.pop()  # cmdline ends with a NUL
-        if argv[-3:] == want:
+        if argv[-3:] == want and _comm(entry) not in ("dl-agent-forks", "dl-shim"):  # forked copies keep argv
             found.append(int(entry))
     return found
 

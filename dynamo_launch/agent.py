@@ -196,6 +196,95 @@ class LogWriter:
         self._open(os.O_APPEND)
 
 
+def read_fd(fd):
+    """Everything on ``fd`` until EOF (not through ``sys.stdin``: a forked copy's buffer is stale)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class ForkServer:
+    """Starts shims by forking a single-threaded copy of the agent, made before any thread exists.
+
+    Forking the threaded agent is unsafe (a lock another thread holds stays locked in the child),
+    and a fresh interpreter per shim costs ~45 ms of CPU, the larger part of a spawn. A process
+    forked before the threads exist can fork again safely for as long as it lives. For each
+    spawn the agent passes it two pipe ends over a Unix socket (SCM_RIGHTS): the spec to read and
+    the answer to write. Its child takes them as fd 0 and 1 and runs :func:`shim_main`, exactly as
+    the fresh interpreter would. It ends when the agent does (EOF on the socket).
+    """
+
+    def __init__(self):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self.sock.close()
+                self._serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _serve(sock):
+        keep = sock.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, keep)  # the SSH channel's pipes and anything else of the agent
+        os.closerange(keep + 1, 65536)
+        with suppress(OSError):
+            with open("/proc/self/comm", "w") as f:
+                f.write("dl-agent-forks")  # ps tells it from the agent
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(sock, 16, 2)
+            except OSError:
+                return
+            if len(fds) != 2:
+                return  # EOF: the agent is gone
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    with suppress(OSError):
+                        with open("/proc/self/comm", "w") as f:
+                            f.write("dl-shim")
+                    os.setsid()
+                    os.dup2(fds[0], 0)
+                    os.dup2(fds[1], 1)
+                    for fd in fds:
+                        os.close(fd)
+                    shim_main()
+                finally:
+                    os._exit(1)
+            for fd in fds:
+                os.close(fd)
+            with suppress(ChildProcessError):
+                os.waitpid(pid, 0)  # it forks the shim and exits at once (double fork)
+
+    def start(self, spec, timeout):
+        """Hand ``spec`` to a new shim; the pipe its one answer line arrives on (None: server gone)."""
+        spec_r, spec_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [b"s"], [spec_r, answer_w])
+        except OSError:
+            for fd in (spec_r, spec_w, answer_r, answer_w):
+                os.close(fd)
+            return None
+        os.close(spec_r)
+        os.close(answer_w)
+        with os.fdopen(spec_w, "wb") as f, suppress(BrokenPipeError):
+            f.write(json.dumps(spec).encode())  # env travels here, never on a command line
+        return answer_r
+
+
 def shim_main():
     """``agent.py shim``: read a spawn spec on stdin, detach, run the process, record its end.
 
@@ -203,7 +292,7 @@ def shim_main():
     belongs to init, not to the agent. The shim answers once on the stdout pipe it inherited:
     ``{"ok": true, "pid", ...}`` when the program runs, else ``{"ok": false, "error"}``.
     """
-    spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    spec = json.loads(read_fd(0).decode("utf-8"))
     if os.fork():
         os._exit(0)
     os.setsid()
@@ -472,7 +561,8 @@ def pidfd_works():
 class Agent:
     """Serves requests, one thread each, so a slow ``exec`` blocks nothing else."""
 
-    def __init__(self, state_dir, out):
+    def __init__(self, state_dir, out, forks=None):
+        self.forks = forks  # a ForkServer made before any thread, or None
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, "run")
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
@@ -590,7 +680,25 @@ class Agent:
         return After({k: msg[k] for k in ("pid", "pgid", "start_time", "boot_id")}, lambda: self.watcher.add(rec))
 
     def start_shim(self, spec, timeout=30.0):
-        """Start the detached shim: a fresh interpreter, as forking this threaded process is unsafe."""
+        """Start the detached shim through the fork server, or (without one) a fresh interpreter."""
+        answer_fd = self.forks.start(spec, timeout) if self.forks is not None else None
+        if answer_fd is None:
+            return self.start_shim_interpreter(spec, timeout)
+        out, deadline = b"", time.monotonic() + timeout
+        try:
+            while b"\n" not in out and select.select([answer_fd], [], [], max(0, deadline - time.monotonic()))[0]:
+                chunk = os.read(answer_fd, 65536)
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            os.close(answer_fd)
+        if b"\n" not in out:
+            return {"error": "the shim gave no answer"}
+        return json.loads(out.split(b"\n", 1)[0].decode())
+
+    def start_shim_interpreter(self, spec, timeout=30.0):
+        """Start the detached shim in a fresh interpreter, as forking this threaded process is unsafe."""
         env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}  # scans must not find shims
         proc = subprocess.Popen([sys.executable or "python3", "-I", "-S", "-c", SHIM_BOOT, AGENT_FILE], cwd="/", env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -856,10 +964,18 @@ def read_bounded(pipe, buf):
 
 def serve(state_dir):
     """The request loop, until EOF on stdin: the daemon went away."""
+    forks = None
+    # Python >= 3.9 and no thread yet. Forked shims show the agent's environment in /proc, so not
+    # when that names a launch (a scan would take the shims for its processes).
+    if hasattr(socket, "send_fds") and threading.active_count() == 1 and not set(LAUNCH_VARS) & set(os.environ):
+        try:
+            forks = ForkServer()
+        except OSError as e:
+            sys.stderr.write("agent: no fork server (%s): shims start in fresh interpreters\n" % one_line(e))
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print (ours or a library's) must not corrupt the protocol
     sys.stdout = sys.stderr
-    agent = Agent(state_dir, out)
+    agent = Agent(state_dir, out, forks)
     for line in iter(sys.stdin.buffer.readline, b""):
         if line.strip():
             threading.Thread(target=agent.handle, args=(line,), daemon=True).start()
