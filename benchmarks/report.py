@@ -139,12 +139,8 @@ timing on the hosts) and what dominated was fixed. Before/after, each measured A
 | each Ray worker's join probe started its own python loading Ray on the head | probes of one cluster share a node-table read (0.5 s) | 4-node Ray bring-up, loaded machine (2 runs each) | 29.7 / 25.9 s, 44 / 40 CPU-s on the hosts | 21.5 / 14.9 s, 29 / 25 CPU-s |
 | `ray.init()` in the Ray probe | Ray's GCS client only | one probe | 1.4–1.8 s | 0.6–0.9 s |
 | the CLI: a line map of the whole file on success, the plan built twice, linear lookups, eager imports | line map only on error, plan once, indexed lookups, lazy imports | CPU time, median of 10 (`validate` / `plan` 256 hosts, `status` 32 hosts) | 0.48 / 0.53 / 0.33 s | 0.31 / 0.37 / 0.14 s |
-
-What dominates a 32-host bring-up now is starting the 96 processes (about half of it, ~0.1 s of
-CPU each: the agent starts a fresh interpreter for each shim, because forking the threaded agent
-is unsafe). The next lever is a fork server the agent starts before its threads, so a shim forks
-from an initialised interpreter; it is not done yet (the spawn path is what the cluster's safety
-rests on).
+| each spawn started a fresh interpreter for its shim (forking the threaded agent is unsafe), ~0.1 s of CPU per process: half of a 32-host bring-up | a fork server, forked before the agent's first thread, forks the shims | bring-up of 32 hosts / its start phase (3 runs each, same bed) | 11.0 s / 5.2 s | 8.6 s / 2.5 s |
+| the same | | kill -9 → running again (20 kills) / gang of 3 all running (5 kills) | 75 ms / 172 ms | 21 ms / 76 ms |
 """
 
 CAVEATS = """All N "hosts" share this machine's cores: every per-host cost (sshd's handshake, the user's
@@ -299,11 +295,12 @@ def why_missed(sc: dict) -> str:
             f"{RES_CORES[0]} cores"
             + (f", which were {100 * busy:.0f} % busy during dynamo-launch's N={last['n']} bring-up" if busy else "")
             + ". The per-host work (sshd's handshake, a login shell, the agent's interpreter, preflight's, one shim "
-            "and one workload interpreter per process) is paid N times on the same cores, where real hosts each "
+            "and the workload itself for each process) is paid N times on the same cores, where real hosts each "
             "pay it on their own. The per-host SSH loop, which does strictly less on each host, grows "
             f"{num(b.get('scaling_ssh_loop_per_host'), '{:.0f}')}× over the same range; dynamo-launch's fan-out "
-            "is parallel (one connection per host, all hosts at once), so at N=32 it is about as fast as that loop "
-            "while it also preflights, supervises and health-checks everything. The target assumes hosts with "
+            f"is parallel (one connection per host, all hosts at once), so at N={last['n']} it takes "
+            f"{num(ratio_of(last.get('dynamo_launch'), last.get('ssh_loop_per_host')), '{:.2f}')}× the time of "
+            "that loop while it also preflights, supervises and health-checks everything. The target assumes hosts with "
             "their own CPUs; on this bed no tool that does work on each host can reach it.")
     r = sc.get("ray_up") or {}
     if r.get("speedup") is not None and r["speedup"] < 3:
