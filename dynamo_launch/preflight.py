@@ -360,16 +360,23 @@ async def _facts_by_agent(agent: AgentLike, python: str, timeout: float, extra: 
 
 
 async def run_preflight(inv: Inventory, plan: Plan, transports: Mapping[str, Transport], *, timeout: float = 60.0,
-                        adopting: Iterable[str] = (), agents: Mapping[str, AgentLike] | None = None) -> list[Check]:  # fmt: skip
+                        adopting: Iterable[str] = (), agents: Mapping[str, AgentLike] | None = None,
+                        unreachable: Mapping[str, str] | None = None) -> list[Check]:  # fmt: skip
     """Ask every host in parallel (the head also about binaries and endpoints), then judge;
     secrets are checked on the head. A host with a running agent in ``agents`` is asked
-    through it (no further SSH channel, no login shell), any other over its transport."""
+    through it (no further SSH channel, no login shell), any other over its transport; a host
+    in ``unreachable`` (its connection already failed, with that message) is not asked again."""
     pythons = {h.name: h.python for h in plan.hosts}
     extra = head_probes(inv, plan)
-    agents = agents or {}
+    agents, unreachable = agents or {}, unreachable or {}
+
+    async def known(message: str) -> str:
+        return message
 
     def ask(h: str) -> Awaitable[dict | str]:
         more = extra if h == plan.head else None
+        if h in unreachable:
+            return known(unreachable[h])
         if h in agents:
             return _facts_by_agent(agents[h], pythons[h], timeout, more)
         return _facts(transports[h], pythons[h], timeout, more)

@@ -123,17 +123,18 @@ class Daemon:
             # through them (a host whose agent cannot start is asked over plain SSH, which says
             # why in preflight's words). Agents start nothing by themselves: no process runs
             # before preflight passed.
-            unreachable = await self._open_links(strict=False)
+            unreachable = await self._connect_all()
+            no_agent = await self._open_links([h for h in self.plan.hosts if h.name not in unreachable], strict=False)
             self._log.info("agents up", hosts=len(self.links))  # bring-up phases (benchmarks/bringup.py)
             self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
-            checks = await run_preflight(self.inv, self.plan, self.transports,
-                                         adopting=list((saved or {}).get("processes", {})), agents=self.links)
+            checks = await run_preflight(self.inv, self.plan, self.transports, agents=self.links,
+                                         unreachable=unreachable, adopting=list((saved or {}).get("processes", {})))
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
             self._log.info("preflight passed", hosts=len(self.plan.hosts))
-            if unreachable:  # answered plain SSH after all: their agents now, or fail as before
-                await self._open_links(unreachable)
+            if no_agent:  # answered plain SSH after all: their agents now, or fail as before
+                await self._open_links(no_agent)
         else:
             await self._open_links()
             self._log.info("agents up", hosts=len(self.links))
@@ -204,6 +205,13 @@ class Daemon:
             raise DynamoLaunchError(f"{self.state.path} belongs to cluster {saved.get('cluster')!r}, not "
                                     f"{self.plan.cluster!r}: give each cluster its own state_dir")
         return saved
+
+    async def _connect_all(self) -> dict[str, str]:
+        """Connect to every host in parallel (retrying as the transport does): why each host that
+        cannot be reached cannot."""
+        hosts = [h.name for h in self.plan.hosts]
+        results = await asyncio.gather(*(self.transports[h].connect() for h in hosts), return_exceptions=True)
+        return {h: str(r) or type(r).__name__ for h, r in zip(hosts, results) if isinstance(r, Exception)}
 
     async def _open_links(self, hosts: list | None = None, *, strict: bool = True) -> list:
         """Connect to ``hosts`` (all) in parallel and start their agents. A failure raises, or
