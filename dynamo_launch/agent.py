@@ -206,6 +206,17 @@ def read_fd(fd):
         chunks.append(chunk)
 
 
+def read_answer(fd, deadline):
+    """The shim's one JSON answer line on ``fd``, or None if none came by ``deadline`` (monotonic)."""
+    out = b""
+    while b"\n" not in out and select.select([fd], [], [], max(0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        out += chunk
+    return json.loads(out.split(b"\n", 1)[0].decode()) if b"\n" in out else None
+
+
 class ForkServer:
     """Starts shims by forking a single-threaded copy of the agent, made before any thread exists.
 
@@ -267,7 +278,7 @@ class ForkServer:
             with suppress(ChildProcessError):
                 os.waitpid(pid, 0)  # it forks the shim and exits at once (double fork)
 
-    def start(self, spec, timeout):
+    def start(self, spec):
         """Hand ``spec`` to a new shim; the pipe its one answer line arrives on (None: server gone)."""
         spec_r, spec_w = os.pipe()
         answer_r, answer_w = os.pipe()
@@ -681,21 +692,14 @@ class Agent:
 
     def start_shim(self, spec, timeout=30.0):
         """Start the detached shim through the fork server, or (without one) a fresh interpreter."""
-        answer_fd = self.forks.start(spec, timeout) if self.forks is not None else None
+        answer_fd = self.forks.start(spec) if self.forks is not None else None
         if answer_fd is None:
             return self.start_shim_interpreter(spec, timeout)
-        out, deadline = b"", time.monotonic() + timeout
         try:
-            while b"\n" not in out and select.select([answer_fd], [], [], max(0, deadline - time.monotonic()))[0]:
-                chunk = os.read(answer_fd, 65536)
-                if not chunk:
-                    break
-                out += chunk
+            answer = read_answer(answer_fd, time.monotonic() + timeout)
         finally:
             os.close(answer_fd)
-        if b"\n" not in out:
-            return {"error": "the shim gave no answer"}
-        return json.loads(out.split(b"\n", 1)[0].decode())
+        return answer if answer is not None else {"error": "the shim gave no answer"}
 
     def start_shim_interpreter(self, spec, timeout=30.0):
         """Start the detached shim in a fresh interpreter, as forking this threaded process is unsafe."""
@@ -703,23 +707,19 @@ class Agent:
         proc = subprocess.Popen([sys.executable or "python3", "-I", "-S", "-c", SHIM_BOOT, AGENT_FILE], cwd="/", env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 close_fds=True, start_new_session=True)
-        out, deadline = b"", time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
         try:
             with suppress(BrokenPipeError):
                 proc.stdin.write(json.dumps(spec).encode())  # env travels here, never on a command line
             with suppress(BrokenPipeError):
                 proc.stdin.close()
             proc.wait(timeout)  # the intermediate process exits right after forking the shim
-            while b"\n" not in out and select.select([proc.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                out += chunk
+            answer = read_answer(proc.stdout.fileno(), deadline)
         finally:
             proc.stdout.close()
-        if b"\n" not in out:
+        if answer is None:
             return {"error": "the shim gave no answer (exit status %s)" % proc.returncode}
-        return json.loads(out.split(b"\n", 1)[0].decode())
+        return answer
 
     def op_list(self, req):
         records = []

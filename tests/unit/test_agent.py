@@ -198,6 +198,30 @@ def test_record_is_on_disk_with_every_field_when_spawn_returns(tmp_path, launch_
     assert not list((tmp_path / "run").glob("*.tmp*")), "no temp files left behind"
 
 
+def _comm_of_shim(rec: dict) -> str:
+    return Path(f"/proc/{rec['shim_pid']}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize("forks", [True, False], ids=["fork-server", "fresh-interpreter"])
+def test_both_shim_paths_record_run_and_report_the_exit(tmp_path, launch_id, monkeypatch, forks):
+    # An agent whose own environment names a launch has no fork server (forked shims would show
+    # that environment in /proc): it starts each shim in a fresh interpreter instead.
+    if not forks:
+        monkeypatch.setenv("DYNAMO_LAUNCH_ID", "an-outer-launch")
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            r = await n.spawn("both", ["sleep", "30"], env={"X": "1"})
+            rec, comm = n.record("both"), _comm_of_shim(n.record("both"))
+            await n.call("signal", name="both", pid=r["pid"], start_time=r["start_time"], signal="KILL")
+            return r, rec, comm, await n.exit_of("both")
+
+    r, rec, comm, ev = run(go())
+    assert rec["pid"] == r["pid"] and rec["launch_id"] == launch_id and rec["shim_pid"] != r["pid"]
+    assert (comm == "dl-shim") is forks, comm
+    assert ev["signal"] == signal.SIGKILL and ev["by_signal_from_us"] is True
+
+
 def test_exit_event_with_code_pid_and_log(tmp_path, launch_id):
     async def go():
         async with node(tmp_path, launch_id) as n:
