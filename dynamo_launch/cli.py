@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__, control
-from .errors import DynamoLaunchError, InventoryError
+from .errors import DynamoLaunchError, InventoryError, NoDaemon, NotPublished, PreflightFailed
 
 if TYPE_CHECKING:
     from .model import Inventory
@@ -116,7 +116,7 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     import asyncio
 
     from . import logs
-    from .daemon import Daemon, PreflightFailed
+    from .daemon import Daemon
     from .sdnotify import Notifier
 
     notifier = Notifier()  # first: it takes systemd's variables out of the environment children inherit
@@ -167,7 +167,7 @@ def down(inventory: str, timeout: float) -> None:
         try:
             result = control.request(control.socket_path(plan.cluster), "down", timeout=timeout)
             stopped, unknown, leftovers = result["stopped"], result["unknown"], result["leftovers"]
-        except control.NoDaemon:
+        except NoDaemon:
             logs.configure(json_output=None)
             report = asyncio.run(_down_directly(Daemon(plan, inv, inventory)))
             stopped, unknown, leftovers = report.stopped, report.unknown, report.leftovers
@@ -359,7 +359,7 @@ def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str,
 def _from_etcd(endpoints: str, cluster: str) -> dict:
     import asyncio
 
-    from .mirror import NotPublished, read_status
+    from .mirror import read_status
 
     try:
         snap = asyncio.run(read_status(endpoints, cluster))
@@ -377,7 +377,7 @@ def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:
     """One request to the running daemon; exit 3 when there is none, 1 on other errors."""
     try:
         return control.request(control.find_socket(cluster), op, timeout=timeout, **args)
-    except control.NoDaemon as e:
+    except NoDaemon as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)
     except DynamoLaunchError as e:

@@ -15,22 +15,18 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DynamoLaunchError
+from .errors import ControlError, DynamoLaunchError, NoDaemon
 
 if TYPE_CHECKING:  # asyncio only for the daemon's server: the CLI's requests are plain blocking sockets
     import asyncio
 
-__all__ = ["ControlError", "ControlServer", "NoDaemon", "find_socket", "request", "runtime_dir", "socket_path"]
+__all__ = ["ControlServer", "find_socket", "request", "runtime_dir", "socket_path"]
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class ControlError(DynamoLaunchError):
-    """The daemon answered with an error, or the exchange failed."""
 
 
-class NoDaemon(ControlError):
-    """No daemon is listening for this cluster."""
 
 
 def runtime_dir() -> str:

@@ -15,28 +15,50 @@
     │   ├── AuthenticationFailed      the server refused our client key(s)
     │   ├── CommandTimeout            a command outlived its timeout (and was killed)
     │   └── ChannelClosed             a channel or the connection under it went away
-    └── AgentError                    the node agent answered ``ok: false`` (has ``kind``)
+    ├── AgentError                    the node agent answered ``ok: false`` (has ``kind``)
+    ├── SecretError                   a secret reference cannot be resolved
+    ├── IllegalTransition             a state machine refused an event (unchanged)
+    ├── MirrorError                   etcd could not be used (one line, names the endpoints)
+    │   ├── LeaderHeld                another daemon holds the cluster's leader key
+    │   └── NotPublished              no daemon ever published this cluster's status
+    ├── EventBusError                 NATS could not be used (names the URL)
+    ├── ControlError                  the daemon answered an error, or the exchange failed
+    │   └── NoDaemon                  no daemon listens for this cluster
+    ├── PreflightFailed               a preflight check failed: nothing was started
+    └── AlreadyRunning                another daemon supervises this cluster
 
-Later layers (transport, supervisor) add their own subclasses here so that the
-CLI can catch ``DynamoLaunchError`` and print one line instead of a traceback.
+Every class the project raises on purpose is defined here, so the whole tree reads in one
+place and the CLI can catch ``DynamoLaunchError`` and print one line instead of a traceback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "AgentError",
+    "AlreadyRunning",
     "AuthenticationFailed",
     "ChannelClosed",
     "CommandTimeout",
+    "ControlError",
     "DynamoLaunchError",
+    "EventBusError",
     "HostKeyChanged",
     "HostKeyUnknown",
     "HostUnreachable",
+    "IllegalTransition",
     "InventoryError",
+    "LeaderHeld",
+    "MirrorError",
+    "NoDaemon",
+    "NotPublished",
     "PlanError",
+    "PreflightFailed",
     "Problem",
+    "SecretError",
     "TransportError",
 ]
 
@@ -140,3 +162,68 @@ class AgentError(DynamoLaunchError):
         self.op = op
         self.host = host
         super().__init__(message)
+
+
+class SecretError(DynamoLaunchError):
+    """A secret reference cannot be resolved (unset variable, unreadable file)."""
+
+
+class IllegalTransition(DynamoLaunchError):
+    """An event the machine's current state does not accept; the machine is unchanged."""
+
+    def __init__(self, machine: str, state: str, event: object):
+        self.machine, self.state, self.event = machine, state, event
+        super().__init__(f"{machine}: {event!r} is not accepted in state {state}")
+
+
+# --- etcd, NATS, the control socket -----------------------------------------------------------
+
+
+class MirrorError(DynamoLaunchError):
+    """etcd could not be used (unreachable, refused, timed out, bad endpoint); one line."""
+
+
+class LeaderHeld(MirrorError):
+    """Another daemon holds the cluster's leader key: ``holder`` is that key's value."""
+
+    def __init__(self, cluster: str, holder: str, *, key: str = "", endpoints: str = "", ttl: int | None = None):
+        self.cluster, self.holder, self.key, self.endpoints, self.ttl = cluster, holder, key, endpoints, ttl
+        expiry = f"; if it is gone, its lease runs out within {ttl}s" if ttl is not None and ttl > 0 else ""
+        super().__init__(f"cluster {cluster} is already supervised by {holder} (etcd key {key} at {endpoints}): "
+                         f"stop that daemon first{expiry}")
+
+
+class NotPublished(MirrorError):
+    """No daemon ever published this cluster's status in this etcd."""
+
+
+class EventBusError(DynamoLaunchError):
+    """NATS could not be used (unreachable at connect, bad URL); one line naming the URL."""
+
+
+class ControlError(DynamoLaunchError):
+    """The daemon answered with an error, or the exchange failed."""
+
+
+class NoDaemon(ControlError):
+    """No daemon is listening for this cluster."""
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+
+class PreflightFailed(DynamoLaunchError):
+    """At least one preflight check failed: nothing was started.
+
+    ``checks`` holds every :class:`~dynamo_launch.preflight.Check` of the run (each has a
+    ``status`` of ``"ok"``, ``"warn"`` or ``"fail"``).
+    """
+
+    def __init__(self, checks: Sequence[Any]):
+        self.checks = list(checks)
+        failed = [c for c in self.checks if c.status == "fail"]
+        super().__init__(f"preflight failed ({len(failed)} problem{'s' if len(failed) != 1 else ''}): nothing was started")
+
+
+class AlreadyRunning(DynamoLaunchError):
+    """Another daemon supervises this cluster (it holds the state directory's lock or the leader key)."""

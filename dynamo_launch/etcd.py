@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import DynamoLaunchError
+from .errors import MirrorError
 
-__all__ = ["KV", "EtcdClient", "MirrorError", "parse_endpoints"]
+__all__ = ["KV", "EtcdClient", "parse_endpoints"]
 
 MAX_TXN_OPS = 100  # etcd's default --max-txn-ops is 128
 
 
-class MirrorError(DynamoLaunchError):
-    """etcd could not be used (unreachable, refused, timed out, bad endpoint); one line."""
 
 
 @dataclass(frozen=True)

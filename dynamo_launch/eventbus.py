@@ -47,18 +47,16 @@ from typing import Any, Self
 
 import structlog
 
-from .errors import DynamoLaunchError
+from .errors import EventBusError
 from .retry import RetryDelay
 
-__all__ = ["EventBus", "EventBusError", "EventSubscription", "subject_for", "subscribe"]
+__all__ = ["EventBus", "EventSubscription", "subject_for", "subscribe"]
 
 log = structlog.get_logger("dynamo_launch.eventbus")
 
 MAX_EVENT_BYTES = 512 * 1024  # nats-server's default max_payload is 1 MiB
 
 
-class EventBusError(DynamoLaunchError):
-    """NATS could not be used (unreachable at connect, bad URL); one line naming the URL."""
 
 
 def subject_for(cluster: str) -> str:

@@ -20,7 +20,8 @@ change on every snapshot) and, while etcd is unreachable, retries with backoff (
 
 Usage (the daemon)::
 
-    from dynamo_launch.mirror import LeaderHeld, Mirror, MirrorError
+    from dynamo_launch.errors import LeaderHeld, MirrorError
+    from dynamo_launch.mirror import Mirror
 
     mirror = Mirror("prod", "http://10.0.0.1:2379", holder=f"pid {os.getpid()} on {socket.gethostname()}")
     try:
@@ -57,16 +58,14 @@ from typing import Any
 
 import structlog
 
-from .etcd import KV, MAX_TXN_OPS, EtcdClient, MirrorError, parse_endpoints
+from .errors import LeaderHeld, MirrorError, NotPublished
+from .etcd import KV, MAX_TXN_OPS, EtcdClient, parse_endpoints
 from .retry import RetryDelay
 
 __all__ = [
     "KV",
     "EtcdClient",
-    "LeaderHeld",
     "Mirror",
-    "MirrorError",
-    "NotPublished",
     "parse_endpoints",
     "read_status",
 ]
@@ -76,18 +75,8 @@ log = structlog.get_logger("dynamo_launch.mirror")
 ROOT = "/dynamo-launch"
 
 
-class LeaderHeld(MirrorError):
-    """Another daemon holds the cluster's leader key: ``holder`` is that key's value."""
-
-    def __init__(self, cluster: str, holder: str, *, key: str = "", endpoints: str = "", ttl: int | None = None):
-        self.cluster, self.holder, self.key, self.endpoints, self.ttl = cluster, holder, key, endpoints, ttl
-        expiry = f"; if it is gone, its lease runs out within {ttl}s" if ttl is not None and ttl > 0 else ""
-        super().__init__(f"cluster {cluster} is already supervised by {holder} (etcd key {key} at {endpoints}): "
-                         f"stop that daemon first{expiry}")
 
 
-class NotPublished(MirrorError):
-    """No daemon ever published this cluster's status in this etcd."""
 
 
 # --- the mirror -------------------------------------------------------------------------------------------

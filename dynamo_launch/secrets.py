@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import DynamoLaunchError
+from .errors import SecretError
 from .model import SecretRef
 from .plan.spec import Env
 
-__all__ = ["SecretError", "check", "resolve"]
+__all__ = ["check", "resolve"]
 
 
-class SecretError(DynamoLaunchError):
-    """A secret reference cannot be resolved."""
 
 
 def _value(ref: SecretRef, environ: Mapping[str, str]) -> str:

@@ -9,13 +9,11 @@
 
 from .reconcile import Adoption, pick_launch_id, plan_adoption, strays
 from .runner import Proc, Runner
-from .service import AlreadyRunning, Daemon, PreflightFailed, StopReport
+from .service import Daemon, StopReport
 
 __all__ = [
     "Adoption",
-    "AlreadyRunning",
     "Daemon",
-    "PreflightFailed",
     "Proc",
     "Runner",
     "StopReport",

@@ -19,12 +19,11 @@ from typing import Any
 import structlog
 
 from .. import secrets
-from ..errors import AgentError, DynamoLaunchError, TransportError
+from ..errors import AgentError, DynamoLaunchError, IllegalTransition, TransportError
 from ..plan.diff import PlanDiff
-from ..plan.spec import Plan, ProbeKind, ProcessSpec
-from ..plan.spec import Probe as ProbeSpec
+from ..plan.spec import Plan, Probe, ProbeKind, ProcessSpec
 from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
-                          HostLost, IllegalTransition, Kill, MemberDown, MemberReady, MemberStopped, Notify, Probe,
+                          HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult,
                           ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
                           Stop, StopMember, StopProbes, TimerFired)
 from .links import HostLink
@@ -445,17 +444,17 @@ class Runner:
             ok, detail = await self.probe(probe, self._ray_since(p, probe))
             p.health, p.probe_seconds = detail, self.now() - started
             if kind == "liveness" or ok:
-                self.post(("proc", p.name), Probe(kind, ok, detail))  # type: ignore[arg-type]
+                self.post(("proc", p.name), ProbeResult(kind, ok, detail))  # type: ignore[arg-type]
                 if kind == "readiness":
                     return
             delay = probe.interval if kind == "liveness" else min(delay * 2, probe.interval, 1.0)
             await asyncio.sleep(delay)
 
-    async def probe(self, probe: ProbeSpec, since: Mapping[str, float] | None = None) -> tuple[bool, str]:
+    async def probe(self, probe: Probe, since: Mapping[str, float] | None = None) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""
         return await run_probe(probe, self.links, since, self.ray_tables)
 
-    def _ray_since(self, p: Proc, probe: ProbeSpec) -> dict[str, float]:
+    def _ray_since(self, p: Proc, probe: Probe) -> dict[str, float]:
         """For a Ray probe run for ``p``: address → start of the process running that host's node now.
 
         A restarted Ray node's dead predecessor stays alive in Ray for seconds; only nodes started

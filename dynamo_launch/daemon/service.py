@@ -25,13 +25,14 @@ from typing import Any
 import structlog
 
 from ..control import ControlServer, socket_path
-from ..errors import DynamoLaunchError, InventoryError
+from ..errors import (AlreadyRunning, DynamoLaunchError, InventoryError, LeaderHeld, MirrorError, PreflightFailed,
+                      SecretError)
 from .. import secrets
 from ..eventbus import EventBus
 from ..inventory import split_hostport
 from ..metrics import MetricsServer
 from ..metrics import render as render_metrics
-from ..mirror import LeaderHeld, Mirror, MirrorError
+from ..mirror import Mirror
 from ..model import Inventory
 from ..plan.diff import PlanDiff, render_diff
 from ..plan.diff import diff as diff_plans
@@ -46,22 +47,13 @@ from .reconcile import Adoption, pick_launch_id, plan_adoption
 from .runner import Runner
 from ..status import snapshot
 
-__all__ = ["AlreadyRunning", "Daemon", "PreflightFailed", "StopReport"]
+__all__ = ["Daemon", "StopReport"]
 
 log = structlog.get_logger("dynamo_launch.daemon")
 
 
-class PreflightFailed(DynamoLaunchError):
-    """At least one preflight check failed: nothing was started."""
-
-    def __init__(self, checks: list[Check]):
-        self.checks = checks
-        failed = [c for c in checks if c.status == "fail"]
-        super().__init__(f"preflight failed ({len(failed)} problem{'s' if len(failed) != 1 else ''}): nothing was started")
 
 
-class AlreadyRunning(DynamoLaunchError):
-    """Another daemon supervises this cluster (it holds the state directory's lock)."""
 
 
 @dataclass
@@ -172,7 +164,7 @@ class Daemon:
             self.mirror.start()
         try:
             auth = secrets.resolve(tuple(Env(k, v) for k, v in self.inv.nats.auth))
-        except secrets.SecretError as e:  # preflight names it; events simply go unsent
+        except SecretError as e:  # preflight names it; events simply go unsent
             self._log.warning("NATS credentials unavailable: events are not published", reason=str(e))
             auth = {}
         self.bus = EventBus(self.plan.cluster, self.plan.nats_url, auth=auth)

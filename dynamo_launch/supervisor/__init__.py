@@ -8,8 +8,8 @@ what it observes back into events.
 
 from .backoff import Backoff
 from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, GangAction, GangAdopted,
-                     GangEvent, HostBack, HostLost, IllegalTransition, Kill, MemberDown, MemberReady, MemberStopped,
-                     Notify, Probe, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, Stop,
+                     GangEvent, HostBack, HostLost, Kill, MemberDown, MemberReady, MemberStopped,
+                     Notify, ProbeResult, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, Stop,
                      StopMember, StopProbes, TimerFired)
 from .gang import GANG_TABLE, GangMachine, GangState
 from .process import TABLE, ExitInfo, MachineConfig, ProcessMachine, State
@@ -33,14 +33,13 @@ __all__ = [
     "GangState",
     "HostBack",
     "HostLost",
-    "IllegalTransition",
     "Kill",
     "MachineConfig",
     "MemberDown",
     "MemberReady",
     "MemberStopped",
     "Notify",
-    "Probe",
+    "ProbeResult",
     "ProcessMachine",
     "SetTimer",
     "Spawn",

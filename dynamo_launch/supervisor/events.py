@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import DynamoLaunchError
+from ..errors import IllegalTransition
 
 __all__ = [
     "Action",
@@ -31,14 +31,13 @@ __all__ = [
     "handler_for",
     "HostBack",
     "HostLost",
-    "IllegalTransition",
     "Kill",
     "MemberDown",
     "MemberReady",
     "MemberStopped",
     "Notify",
-    "Probe",
-    "ProbeKind",
+    "ProbeResult",
+    "ProbeSet",
     "SetTimer",
     "Spawn",
     "SpawnFailed",
@@ -57,16 +56,10 @@ TimerKind = Literal["start_secs", "startup", "backoff", "stop_kill"]
 """Timers a machine arms: a process alive this long counts as RUNNING (no real probe);
 the startup deadline; the end of a backoff delay; the TERM → KILL escalation."""
 
-ProbeKind = Literal["readiness", "liveness"]
+ProbeSet = Literal["readiness", "liveness"]
 """Which probe set a result or a StartProbes action is about."""
 
 
-class IllegalTransition(DynamoLaunchError):
-    """An event the machine's current state does not accept; the machine is unchanged."""
-
-    def __init__(self, machine: str, state: str, event: object):
-        self.machine, self.state, self.event = machine, state, event
-        super().__init__(f"{machine}: {event!r} is not accepted in state {state}")
 
 
 # --- events shared by both machines -----------------------------------------------------------
@@ -137,10 +130,10 @@ class Exited:
 
 
 @dataclass(frozen=True)
-class Probe:
+class ProbeResult:
     """One probe result."""
 
-    kind: ProbeKind
+    kind: ProbeSet
     ok: bool
     detail: str = ""
 
@@ -236,7 +229,7 @@ class CancelTimer:
 class StartProbes:
     """Run this probe set from now on (it replaces whatever set ran before)."""
 
-    kind: ProbeKind
+    kind: ProbeSet
 
 
 @dataclass(frozen=True)
@@ -292,7 +285,7 @@ def handler_for(table: dict, state: Any, timers: dict[str, float], event: object
 
 
 Event = (
-    Start | Stop | TimerFired | ClearFailed | DepsReady | Spawned | SpawnFailed | Exited | Probe | HostLost | HostBack
+    Start | Stop | TimerFired | ClearFailed | DepsReady | Spawned | SpawnFailed | Exited | ProbeResult | HostLost | HostBack
     | Adopted
 )
 """What a process machine accepts."""

@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..model import Restart, RestartPolicy
-from ..plan.spec import ProbeKind as SpecProbeKind
-from ..plan.spec import ProcessSpec
+from ..plan.spec import ProbeKind, ProcessSpec
 from .backoff import Backoff
 from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, HostBack, HostLost,
-                     IllegalTransition, Kill, MemberDown, Notify, Probe, SetTimer, Spawn, Spawned, SpawnFailed, Start,
+                     IllegalTransition, Kill, MemberDown, Notify, ProbeResult, SetTimer, Spawn, Spawned, SpawnFailed, Start,
                      StartProbes, Stop, StopProbes, TimerFired, TimerKind, handler_for)
 
 __all__ = ["ExitInfo", "MachineConfig", "ProcessMachine", "State", "TABLE"]
@@ -60,17 +59,17 @@ class State(str, enum.Enum):
 
 S = State
 # Late reports and level signals: accepted and ignored wherever they carry no news.
-_LATE: dict[object, str] = {Probe: "ignore", DepsReady: "ignore", HostBack: "ignore"}
+_LATE: dict[object, str] = {ProbeResult: "ignore", DepsReady: "ignore", HostBack: "ignore"}
 _IDLE = {**_LATE, Exited: "ignore", HostLost: "ignore"}  # no process: an exit report is stale
 _LIVE = {**_LATE, Exited: "exited", HostLost: "host_lost", Stop: "stop", Start: "ignore"}
 
 TABLE: dict[State, dict[object, str]] = {
     S.STOPPED: {**_IDLE, Start: "start", Stop: "ignore", Adopted: "adopt"},
     S.WAITING: {**_IDLE, DepsReady: "spawn", Start: "ignore", Stop: "stop_now"},
-    S.STARTING: {**_LIVE, Spawned: "spawned", SpawnFailed: "spawn_failed", Probe: "readiness",
+    S.STARTING: {**_LIVE, Spawned: "spawned", SpawnFailed: "spawn_failed", ProbeResult: "readiness",
                  "start_secs": "running", "startup": "startup_timeout"},
-    S.READY: {**_LIVE, Probe: "liveness"},
-    S.RUNNING: {**_LIVE, Probe: "liveness"},
+    S.READY: {**_LIVE, ProbeResult: "liveness"},
+    S.RUNNING: {**_LIVE, ProbeResult: "liveness"},
     S.STOPPING: {**_LATE, Exited: "exited", HostLost: "host_lost", Spawned: "spawned_kill",
                  SpawnFailed: "spawn_failed", Stop: "stop", Start: "start_after_stop", "stop_kill": "escalate"},
     S.BACKOFF: {**_IDLE, "backoff": "backoff_over", Start: "ignore", Stop: "stop_now"},
@@ -102,7 +101,7 @@ class MachineConfig:
             restart=spec.restart,
             start_secs=spec.start_secs,
             startup_timeout=spec.startup_timeout,
-            probe_ready=spec.readiness.kind is not SpecProbeKind.PROCESS,
+            probe_ready=spec.readiness.kind is not ProbeKind.PROCESS,
             liveness=spec.liveness is not None,
             failure_threshold=spec.liveness.failure_threshold if spec.liveness else 3,
             never_give_up=spec.never_give_up,
@@ -205,7 +204,7 @@ class ProcessMachine:
             return out + self._settle(now)
         return out + self._policy(False, f"spawn failed: {ev.reason}", now)
 
-    def _on_readiness(self, ev: Probe, now: float) -> list[Action]:
+    def _on_readiness(self, ev: ProbeResult, now: float) -> list[Action]:
         if ev.kind != "readiness" or not ev.ok or not self.config.probe_ready:
             return []  # not ready yet (the startup deadline decides), or a stale result
         out = self._cancel_all()
@@ -218,7 +217,7 @@ class ProcessMachine:
         data = {"generation": self.generation}
         return [*out, *self._liveness_or_none(), Notify("running", f"{self.name} running", data)]
 
-    def _on_liveness(self, ev: Probe, now: float) -> list[Action]:
+    def _on_liveness(self, ev: ProbeResult, now: float) -> list[Action]:
         if ev.kind != "liveness":
             return []  # a readiness result that was in flight when we became ready
         self._fails = 0 if ev.ok else self._fails + 1

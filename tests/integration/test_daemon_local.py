@@ -269,7 +269,7 @@ def test_secrets_reach_the_process_but_never_state_events_or_records(harness, tm
 
 
 def test_a_second_daemon_for_the_same_cluster_is_refused(harness):
-    from dynamo_launch.daemon import AlreadyRunning
+    from dynamo_launch.errors import AlreadyRunning
 
     h = harness(standin_process("web", free_port(), host="local", bind="127.0.0.1"))
 

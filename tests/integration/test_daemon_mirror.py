@@ -9,7 +9,8 @@ import signal
 
 import pytest
 
-from dynamo_launch.daemon import AlreadyRunning, Daemon
+from dynamo_launch.daemon import Daemon
+from dynamo_launch.errors import AlreadyRunning
 from dynamo_launch.eventbus import subscribe
 from dynamo_launch.inventory import parse
 from dynamo_launch.mirror import read_status

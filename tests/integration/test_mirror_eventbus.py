@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dynamo_launch.eventbus import EventBus, EventBusError, subject_for, subscribe
-from dynamo_launch.mirror import EtcdClient, LeaderHeld, Mirror, MirrorError, NotPublished, read_status
+from dynamo_launch.errors import EventBusError, LeaderHeld, MirrorError, NotPublished
+from dynamo_launch.eventbus import EventBus, subject_for, subscribe
+from dynamo_launch.mirror import EtcdClient, Mirror, read_status
 
 if TYPE_CHECKING:
     from tests.infra import EtcdServer, NatsServer

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynamo_launch.errors import IllegalTransition
 from dynamo_launch.model import Restart
 from dynamo_launch.plan.spec import Gang
 from dynamo_launch.supervisor import (GANG_TABLE, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine,
-                                      GangState, HostBack, HostLost, IllegalTransition, Kill, MachineConfig, MemberDown,
-                                      MemberReady, MemberStopped, Notify, Probe, ProcessMachine, SetTimer, Spawn,
+                                      GangState, HostBack, HostLost, Kill, MachineConfig, MemberDown,
+                                      MemberReady, MemberStopped, Notify, ProbeResult, ProcessMachine, SetTimer, Spawn,
                                       Spawned, Start, StartMember, StartProbes, State, Stop, StopMember, TimerFired)
 
 G = GangState
@@ -285,7 +286,7 @@ class Driver:
             self.history.append(f"spawn {name} g{a.generation}")
             self.queue.append((name, Spawned(self.next_pid)))
         elif isinstance(a, StartProbes) and a.kind == "readiness":
-            self.queue.append((name, Probe("readiness", True)))
+            self.queue.append((name, ProbeResult("readiness", True)))
         elif isinstance(a, Kill):
             self.history.append(f"kill {name} {a.signal}")
             if a.signal == "KILL" or name not in self.stubborn:

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamo_launch.model import Restart, RestartPolicy
-from dynamo_launch.plan.spec import Probe as SpecProbe
-from dynamo_launch.plan.spec import ProbeKind, ProcessSpec
+from dynamo_launch.errors import IllegalTransition
+from dynamo_launch.plan.spec import Probe, ProbeKind, ProcessSpec
 from dynamo_launch.supervisor import (TABLE, Adopted, CancelTimer, ClearFailed, DepsReady, Exited, HostBack, HostLost,
-                                      IllegalTransition, Kill, MachineConfig, MemberDown, Notify, Probe,
+                                      Kill, MachineConfig, MemberDown, Notify, ProbeResult,
                                       ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartProbes, State,
                                       Stop, StopProbes, TimerFired)
 
@@ -40,7 +40,7 @@ def starting(m: ProcessMachine, now: float = 0.0, pid: int = 100) -> list:
 
 def ready(m: ProcessMachine, now: float = 0.0, pid: int = 100) -> ProcessMachine:
     starting(m, now, pid)
-    m.on(Probe("readiness", True), now)
+    m.on(ProbeResult("readiness", True), now)
     assert m.state is S.READY
     return m
 
@@ -79,7 +79,7 @@ def test_starting_on_spawned_without_probe_arms_start_secs() -> None:
 def test_starting_to_ready_on_readiness_ok() -> None:
     m = machine()
     starting(m)
-    actions = m.on(Probe("readiness", True), 30.0)
+    actions = m.on(ProbeResult("readiness", True), 30.0)
     assert actions == [CancelTimer("startup"), StopProbes(), StartProbes("liveness"), Notify("ready", "p ready",
                                                                                             {"generation": 1})]
     assert (m.state, m.since) == (S.READY, 30.0)
@@ -88,13 +88,13 @@ def test_starting_to_ready_on_readiness_ok() -> None:
 def test_starting_to_ready_without_liveness_stops_probes() -> None:
     m = machine(liveness=False)
     starting(m)
-    assert StopProbes() in m.on(Probe("readiness", True), 1.0) and m.state is S.READY
+    assert StopProbes() in m.on(ProbeResult("readiness", True), 1.0) and m.state is S.READY
 
 
 def test_starting_stays_on_readiness_failure() -> None:
     m = machine()
     starting(m)
-    assert m.on(Probe("readiness", False, "connection refused"), 1.0) == [] and m.state is S.STARTING
+    assert m.on(ProbeResult("readiness", False, "connection refused"), 1.0) == [] and m.state is S.STARTING
 
 
 def test_starting_to_running_on_start_secs() -> None:
@@ -141,15 +141,15 @@ def test_starting_to_waiting_on_crash_before_ready() -> None:
 def test_ready_stays_on_two_liveness_failures_then_success_resets_count() -> None:
     m = ready(machine())
     for ok in (False, False, True, False, False):
-        assert m.on(Probe("liveness", ok), 10.0) == []
+        assert m.on(ProbeResult("liveness", ok), 10.0) == []
     assert m.state is S.READY
 
 
 def test_ready_to_stopping_after_three_liveness_failures() -> None:
     m = ready(machine())
-    m.on(Probe("liveness", False), 10.0)
-    m.on(Probe("liveness", False), 15.0)
-    actions = m.on(Probe("liveness", False, "HTTP 503"), 20.0)
+    m.on(ProbeResult("liveness", False), 10.0)
+    m.on(ProbeResult("liveness", False), 15.0)
+    actions = m.on(ProbeResult("liveness", False, "HTTP 503"), 20.0)
     assert actions[1:] == [StopProbes(), Kill("TERM"), SetTimer("stop_kill", 50.0)]
     assert kinds(actions) == ["unhealthy"] and m.state is S.STOPPING
 
@@ -158,7 +158,7 @@ def test_running_to_stopping_after_liveness_failures() -> None:
     m = machine(probe_ready=False, failure_threshold=1)
     starting(m)
     assert StartProbes("liveness") in m.on(TimerFired("start_secs"), 1.0)
-    assert Kill("TERM") in m.on(Probe("liveness", False), 5.0) and m.state is S.STOPPING
+    assert Kill("TERM") in m.on(ProbeResult("liveness", False), 5.0) and m.state is S.STOPPING
 
 
 def test_stopping_kill_on_stop_kill_timer() -> None:
@@ -171,7 +171,7 @@ def test_stopping_kill_on_stop_kill_timer() -> None:
 def test_stopping_to_waiting_on_exit_after_health_kill() -> None:
     m = ready(machine())
     for t in (10.0, 15.0, 20.0):
-        m.on(Probe("liveness", False), t)
+        m.on(ProbeResult("liveness", False), t)
     actions = m.on(Exited(None, 15), 21.0)
     assert CancelTimer("stop_kill") in actions and kinds(actions) == ["exited", "restarting"]
     assert m.state is S.WAITING and m.last_exit is not None and m.last_exit.signal == 15
@@ -284,7 +284,7 @@ def test_healthy_window_resets_the_streak() -> None:
     m = ready(machine())
     cycle(m, 1.0, 101)
     cycle(m, 2.0, 102)  # streak: 0, then 1 s
-    m.on(Probe("readiness", True), 5.0)
+    m.on(ProbeResult("readiness", True), 5.0)
     actions = crash(m, 5.0 + 600.0)  # healthy for reset_after: immediate again
     assert actions[-1].data["delay"] == 0 and m.state is S.WAITING
 
@@ -333,7 +333,7 @@ def test_stopping_to_waiting_on_exit_when_started_again() -> None:
 
 def test_stopping_stop_during_health_kill_ends_stopped() -> None:
     m = ready(machine(failure_threshold=1))
-    m.on(Probe("liveness", False), 1.0)
+    m.on(ProbeResult("liveness", False), 1.0)
     assert m.on(Stop("down"), 2.0) == []
     m.on(Exited(None, 15), 3.0)
     assert m.state is S.STOPPED
@@ -411,7 +411,7 @@ def test_unknown_to_waiting_on_host_back_dead() -> None:
 def test_unknown_never_spawns() -> None:
     m = ready(machine())
     m.on(HostLost(), 10.0)
-    for ev in (Start(), DepsReady(), Probe("readiness", True), HostLost(), SpawnFailed("x"), TimerFired("backoff")):
+    for ev in (Start(), DepsReady(), ProbeResult("readiness", True), HostLost(), SpawnFailed("x"), TimerFired("backoff")):
         assert not any(isinstance(a, Spawn) for a in m.on(ev, 11.0))
         assert m.state is S.UNKNOWN
 
@@ -468,7 +468,7 @@ def test_stopped_to_starting_on_adopted() -> None:
     actions = m.on(Adopted(pid=42, generation=7), 0.0)
     assert kinds(actions) == ["adopted"] and StartProbes("readiness") in actions
     assert (m.state, m.pid, m.generation, m.restarts) == (S.STARTING, 42, 7, 0)
-    m.on(Probe("readiness", True), 1.0)
+    m.on(ProbeResult("readiness", True), 1.0)
     crash(m, 2.0)
     assert m.on(DepsReady(), 2.0) == [Spawn(8)]
 
@@ -481,7 +481,7 @@ def test_in_gang_exit_emits_member_down_and_stops() -> None:
 
 def test_in_gang_liveness_failure_emits_member_down_with_the_kill() -> None:
     m = ready(machine(in_gang=True, failure_threshold=1))
-    actions = m.on(Probe("liveness", False), 5.0)
+    actions = m.on(ProbeResult("liveness", False), 5.0)
     assert MemberDown("liveness failed 1 times") in actions and Kill("TERM") in actions
     assert not any(isinstance(a, MemberDown) for a in m.on(Exited(None, 15), 6.0))
     assert m.state is S.STOPPED
@@ -523,7 +523,7 @@ def test_stale_exit_report_for_another_pid_is_ignored() -> None:
 def test_late_probe_after_exit_is_ignored() -> None:
     m = ready(machine(restart=Restart(policy=RestartPolicy.NEVER)))
     crash(m, 1.0, code=0)
-    assert m.on(Probe("liveness", False), 2.0) == [] and m.state is S.STOPPED
+    assert m.on(ProbeResult("liveness", False), 2.0) == [] and m.state is S.STOPPED
 
 
 def test_timer_fired_at_another_time_is_stale() -> None:
@@ -539,7 +539,7 @@ def test_every_table_handler_exists() -> None:
 
 
 def test_config_from_spec() -> None:
-    http = SpecProbe(ProbeKind.HTTP, url="http://h:8000/health", failure_threshold=4)
+    http = Probe(ProbeKind.HTTP, url="http://h:8000/health", failure_threshold=4)
     spec = ProcessSpec(name="w", host="h", address="10.0.0.1", kind="worker", argv=("x",), env=(), cwd="/",
                        log_file="/l", readiness=http, liveness=http, restart=Restart(stop_timeout=12.0), group="g",
                        generation=3, startup_timeout=900.0)
@@ -547,7 +547,7 @@ def test_config_from_spec() -> None:
     c = m.config
     assert (c.probe_ready, c.liveness, c.failure_threshold, c.in_gang, c.stop_timeout) == (True, True, 4, True, 12.0)
     assert (c.startup_timeout, m.name, m.generation) == (900.0, "w", 3)
-    plain = MachineConfig.from_spec(spec.__class__(**{**vars(spec), "readiness": SpecProbe(ProbeKind.PROCESS),
+    plain = MachineConfig.from_spec(spec.__class__(**{**vars(spec), "readiness": Probe(ProbeKind.PROCESS),
                                                       "liveness": None, "group": None}))
     assert (plain.probe_ready, plain.liveness, plain.in_gang) == (False, False, False)
 
@@ -580,8 +580,8 @@ def test_random_histories_keep_one_copy_and_never_spawn_from_unknown(config: Mac
         dg, dt = divmod(rest, 4)
         pid, now, gen = pid + 1, now + DT[dt], m.generation + dg
         choices = [Start(), Start(generation=gen), Stop("x"), DepsReady(), Spawned(pid), SpawnFailed("x"), Exited(1),
-                   Exited(0), Exited(None, 9), Exited(1, pid=1), Probe("readiness", True), Probe("readiness", False),
-                   Probe("liveness", True), Probe("liveness", False), HostLost(), HostBack(True), HostBack(True, pid),
+                   Exited(0), Exited(None, 9), Exited(1, pid=1), ProbeResult("readiness", True), ProbeResult("readiness", False),
+                   ProbeResult("liveness", True), ProbeResult("liveness", False), HostLost(), HostBack(True), HostBack(True, pid),
                    HostBack(False), Adopted(pid, gen), ClearFailed(), TimerFired("backoff"), TimerFired("stop_kill")]
         legal = [e for e in choices if type(e) in TABLE[m.state]]
         legal += [TimerFired(k, at) for k, at in m.timers.items()]  # type: ignore[arg-type]
