@@ -145,16 +145,16 @@ class _Loader:
         r, p = self.r, ("cluster",)
         r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root", "metrics"})
         name = r.get(t, p, "name", str, pattern=NAME)
-        version = r.get(t, p, "dynamo_version", str, "1.6.1")
+        version = r.get(t, p, "dynamo_version", str, Cluster.dynamo_version)
         if not re.fullmatch(r"\d+(\.\d+){0,2}([a-z.+-].*)?", version):
             r.problem(p + ("dynamo_version",), f"{version!r} is not a version like 1.6.1")
         return Cluster(
             name=name,
             head=r.get(t, p, "head", str),
             state_dir=self.path(t, p, "state_dir", f"/var/lib/dynamo-launch/{name or 'cluster'}", absolute=True),
-            python=r.get(t, p, "python", str, "python3"),
+            python=r.get(t, p, "python", str, Cluster.python),
             dynamo_version=version,
-            system_port=r.port(t, p, "system_port", 9090),
+            system_port=r.port(t, p, "system_port", Cluster.system_port),
             vllm_cache_root=self.path(t, p, "vllm_cache_root", None, absolute=True),
             metrics=self.metrics(t, p),
         )
@@ -214,11 +214,11 @@ class _Loader:
         elif ("user" in t) != ("password" in t):
             r.problem(p + ("password" if "user" in t else "user",), "user and password go together: give both")
         return NatsSettings(
-            port=r.port(t, p, "port", 4222),
-            monitor_port=r.port(t, p, "monitor_port", 8222),
+            port=r.port(t, p, "port", NatsSettings.port),
+            monitor_port=r.port(t, p, "monitor_port", NatsSettings.monitor_port),
             store_dir=self.path(t, p, "store_dir", None, absolute=True),
             external=external,
-            binary=r.get(t, p, "binary", str, "nats-server"),
+            binary=r.get(t, p, "binary", str, NatsSettings.binary),
             bind=bind,
             token=token,
             user=user,
@@ -231,11 +231,11 @@ class _Loader:
         r = self.r
         t = r.table(raw, p, {"client_port", "peer_port", "data_dir", "external", "binary", "restart", "health"})
         return EtcdSettings(
-            client_port=r.port(t, p, "client_port", 2379),
-            peer_port=r.port(t, p, "peer_port", 2380),
+            client_port=r.port(t, p, "client_port", EtcdSettings.client_port),
+            peer_port=r.port(t, p, "peer_port", EtcdSettings.peer_port),
             data_dir=self.path(t, p, "data_dir", None, absolute=True),
             external=self.url(t, p, "external", ("http", "https")),
-            binary=r.get(t, p, "binary", str, "etcd"),
+            binary=r.get(t, p, "binary", str, EtcdSettings.binary),
             restart=self.restart(t, p),
             health=self.health(t, p),
         )
@@ -245,8 +245,8 @@ class _Loader:
         t = r.table(raw, p, {"host", "http_port", "router_mode", "extra_args", "env", "restart", "health"})
         return Frontend(
             host=r.get(t, p, "host", str, head),
-            http_port=r.port(t, p, "http_port", 8000),
-            router_mode=r.get(t, p, "router_mode", str, "kv", choices=("kv", "round-robin", "random")),
+            http_port=r.port(t, p, "http_port", Frontend.http_port),
+            router_mode=r.get(t, p, "router_mode", str, Frontend.router_mode, choices=("kv", "round-robin", "random")),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),
@@ -270,14 +270,17 @@ class _Loader:
             role=r.choice(t, p, "role", Role, Role.AGGREGATED),
             model=r.get(t, p, "model", str),
             hosts=self.hosts(t, p),
-            tensor_parallel_size=r.get(t, p, "tensor_parallel_size", int, 1, minimum=1, maximum=4096),
-            pipeline_parallel_size=r.get(t, p, "pipeline_parallel_size", int, 1, minimum=1, maximum=4096),
-            data_parallel_size=r.get(t, p, "data_parallel_size", int, 1, minimum=1, maximum=4096),
+            tensor_parallel_size=r.get(t, p, "tensor_parallel_size", int, WorkerGroup.tensor_parallel_size, minimum=1,
+                                       maximum=4096),
+            pipeline_parallel_size=r.get(t, p, "pipeline_parallel_size", int, WorkerGroup.pipeline_parallel_size, minimum=1,
+                                         maximum=4096),
+            data_parallel_size=r.get(t, p, "data_parallel_size", int, WorkerGroup.data_parallel_size, minimum=1,
+                                     maximum=4096),
             replicas=r.get(t, p, "replicas", int, None, minimum=1, maximum=4096),
-            executor=r.choice(t, p, "executor", Executor, Executor.MP),
-            master_port=r.port(t, p, "master_port", 29500),
-            ray_port=r.port(t, p, "ray_port", 6379),
-            dp_rpc_port=r.port(t, p, "dp_rpc_port", 13445),
+            executor=r.choice(t, p, "executor", Executor, WorkerGroup.executor),
+            master_port=r.port(t, p, "master_port", WorkerGroup.master_port),
+            ray_port=r.port(t, p, "ray_port", WorkerGroup.ray_port),
+            dp_rpc_port=r.port(t, p, "dp_rpc_port", WorkerGroup.dp_rpc_port),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),
@@ -295,7 +298,7 @@ class _Loader:
         return RayCluster(
             head=r.get(t, p, "head", str),
             workers=r.strings(t, p, "workers", ()),
-            port=r.port(t, p, "port", 6379),
+            port=r.port(t, p, "port", RayCluster.port),
             num_cpus=r.get(t, p, "num_cpus", int, None, minimum=0),
             num_gpus=r.get(t, p, "num_gpus", int, None, minimum=0),
             object_store_memory=r.get(t, p, "object_store_memory", int, None, minimum=78643200),
@@ -344,13 +347,13 @@ class _Loader:
         p = p + ("restart",)
         t = r.table(parent.get("restart", {}), p, _RESTART)
         restart = Restart(
-            policy=r.choice(t, p, "policy", RestartPolicy, RestartPolicy.ALWAYS),
-            backoff_initial=r.get(t, p, "backoff_initial", float, 1.0, minimum=0),
-            backoff_max=r.get(t, p, "backoff_max", float, 300.0, minimum=0),
-            reset_after=r.get(t, p, "reset_after", float, 600.0, minimum=0),
-            max_restarts=r.get(t, p, "max_restarts", int, 5, minimum=0),
-            restart_window=r.get(t, p, "restart_window", float, 600.0, minimum=0),
-            stop_timeout=r.get(t, p, "stop_timeout", float, 30.0, minimum=0),
+            policy=r.choice(t, p, "policy", RestartPolicy, Restart.policy),
+            backoff_initial=r.get(t, p, "backoff_initial", float, Restart.backoff_initial, minimum=0),
+            backoff_max=r.get(t, p, "backoff_max", float, Restart.backoff_max, minimum=0),
+            reset_after=r.get(t, p, "reset_after", float, Restart.reset_after, minimum=0),
+            max_restarts=r.get(t, p, "max_restarts", int, Restart.max_restarts, minimum=0),
+            restart_window=r.get(t, p, "restart_window", float, Restart.restart_window, minimum=0),
+            stop_timeout=r.get(t, p, "stop_timeout", float, Restart.stop_timeout, minimum=0),
         )
         if restart.backoff_max < restart.backoff_initial:
             r.problem(p + ("backoff_max",), f"must be ≥ backoff_initial ({restart.backoff_initial:g})")
@@ -361,15 +364,15 @@ class _Loader:
         p = p + ("health",)
         t = r.table(parent.get("health", {}), p, _HEALTH)
         health = Health(
-            check=r.get(t, p, "check", str, "auto", choices=_CHECKS),
-            port=r.port(t, p, "port", None),
-            path=r.get(t, p, "path", str, "/health", pattern=r"/[^\s]*"),
-            command=r.strings(t, p, "command", ()),
-            startup_timeout=r.get(t, p, "startup_timeout", float, 600.0, minimum=0),
-            start_secs=r.get(t, p, "start_secs", float, 1.0, minimum=0),
-            interval=r.get(t, p, "interval", float, 5.0, minimum=0.05),
-            timeout=r.get(t, p, "timeout", float, 3.0, minimum=0.05),
-            failure_threshold=r.get(t, p, "failure_threshold", int, 3, minimum=1),
+            check=r.get(t, p, "check", str, Health.check, choices=_CHECKS),
+            port=r.port(t, p, "port", Health.port),
+            path=r.get(t, p, "path", str, Health.path, pattern=r"/[^\s]*"),
+            command=r.strings(t, p, "command", Health.command),
+            startup_timeout=r.get(t, p, "startup_timeout", float, Health.startup_timeout, minimum=0),
+            start_secs=r.get(t, p, "start_secs", float, Health.start_secs, minimum=0),
+            interval=r.get(t, p, "interval", float, Health.interval, minimum=0.05),
+            timeout=r.get(t, p, "timeout", float, Health.timeout, minimum=0.05),
+            failure_threshold=r.get(t, p, "failure_threshold", int, Health.failure_threshold, minimum=1),
         )
         if health.check in ("tcp", "http") and health.port is None:
             r.problem(p + ("port",), f"check = {health.check!r} needs a port")

@@ -1,8 +1,8 @@
 """The typed, frozen inventory model that the loader produces and the planner reads.
 
-Everything here is plain data: no parsing, no I/O. Defaults live in
-:mod:`dynamo_launch.schema`, next to the key names, so that the documentation
-of every key has one home.
+Everything here is plain data: no parsing, no I/O. Every key's default is the default of its
+field here, and only here: the loader, the planner and the state machines read it from these
+classes (``Restart.stop_timeout``, ``Health.interval``, …) instead of restating it.
 """
 
 from __future__ import annotations

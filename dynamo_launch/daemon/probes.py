@@ -71,17 +71,11 @@ async def run_probe(probe: Probe, links: Mapping[str, HostLink], since: Mapping[
             out = await link.call("exec", timeout=probe.timeout + 10,
                                   args={"argv": list(probe.command), "timeout": probe.timeout})
             return out.get("code") == 0, f"{' '.join(probe.command)[:60]}: exit {out.get('code')}"
-        if probe.kind is ProbeKind.RAY_NODES:
-            address, port = probe.address, int(probe.port or 0)
-        elif probe.kind is ProbeKind.RAY_NODE:
-            address, _, text = probe.url.rpartition(":")
-            port = int(text)
-        else:
+        if probe.kind not in (ProbeKind.RAY_NODES, ProbeKind.RAY_NODE):
             return True, "process alive"
-        out = await (ray_tables or RayTables()).read(link, address, port, probe.timeout)
+        out = await (ray_tables or RayTables()).read(link, probe.address, int(probe.port or 0), probe.timeout)
         if out.get("code") != 0:
             return False, f"ray status: exit {out.get('code')}"
-        member = probe.address if probe.kind is ProbeKind.RAY_NODE else ""
-        return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=member, since=since)
+        return judge_ray_nodes(str(out.get("stdout", "")), expect=probe.expect, member=probe.member, since=since)
     except DynamoLaunchError as e:
         return False, str(e)

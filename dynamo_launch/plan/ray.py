@@ -76,8 +76,7 @@ def ray_processes(
     )
     for i, host in enumerate(workers, start=1):
         address = ctx.inv.host(host).address
-        joined = ctx.probe(ProbeKind.RAY_NODE, health, host=head, address=address, port=port,
-                           url=f"{head_address}:{port}")  # fmt: skip
+        joined = ctx.probe(ProbeKind.RAY_NODE, health, host=head, address=head_address, port=port, member=address)
         procs.append(
             ctx.spec(
                 name=f"{prefix}-{i}",

@@ -12,7 +12,7 @@ import enum
 import functools
 from dataclasses import dataclass, field
 
-from ..model import EnvValue, Restart, SecretRef, SshSettings
+from ..model import EnvValue, Health, Restart, SecretRef, SshSettings
 from ..tomlpos import KeyPath
 
 __all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind"]
@@ -26,12 +26,17 @@ class ProbeKind(str, enum.Enum):
     HTTP = "http"  # GET url answers 2xx
     COMMAND = "command"  # argv run on the host exits 0
     RAY_NODES = "ray-nodes"  # the Ray cluster at address:port has ≥ expect alive nodes
-    RAY_NODE = "ray-node"  # the node with this address is alive in the Ray cluster
+    RAY_NODE = "ray-node"  # the node at ``member`` is alive in the Ray cluster at address:port
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One health check. ``host`` is where a COMMAND or RAY_* probe runs."""
+    """One health check. ``host`` is where a COMMAND or RAY_* probe runs.
+
+    ``address``/``port`` are what is probed: the TCP endpoint, or the Ray cluster's GCS for the
+    RAY_* kinds; ``url`` is the HTTP probe's URL; ``member`` the node address a RAY_NODE probe
+    looks for. Interval, timeout and threshold default to :class:`~dynamo_launch.model.Health`'s.
+    """
 
     kind: ProbeKind
     host: str = ""
@@ -40,9 +45,10 @@ class Probe:
     url: str = ""
     command: tuple[str, ...] = ()
     expect: int = 0
-    interval: float = 5.0
-    timeout: float = 3.0
-    failure_threshold: int = 3
+    member: str = ""
+    interval: float = Health.interval
+    timeout: float = Health.timeout
+    failure_threshold: int = Health.failure_threshold
 
     def describe(self) -> str:
         """One human line, e.g. ``GET http://10.0.0.1:8000/health → 2xx``."""
@@ -56,7 +62,7 @@ class Probe:
             return f"on {self.host}: {' '.join(self.command)} → exit 0"
         if self.kind is ProbeKind.RAY_NODES:
             return f"Ray at {self.address}:{self.port} has {self.expect} nodes alive"
-        return f"{self.address} joined Ray at {self.url}"
+        return f"{self.member} joined Ray at {self.address}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,8 @@ class ProcessSpec:
     group: str | None = None
     leader: bool = False
     generation: int = 1
-    startup_timeout: float = 600.0
-    start_secs: float = 1.0
+    startup_timeout: float = Health.startup_timeout
+    start_secs: float = Health.start_secs
     gpus: tuple[int, ...] = ()
     never_give_up: bool = False
     origin: str = ""

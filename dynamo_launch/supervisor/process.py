@@ -33,7 +33,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-from ..model import Restart, RestartPolicy
+from ..model import Health, Restart, RestartPolicy
 from ..plan.spec import ProbeKind, ProcessSpec
 from .backoff import Backoff
 from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, HostBack, HostLost,
@@ -85,14 +85,14 @@ class MachineConfig:
     """What a process machine needs from the plan."""
 
     restart: Restart = Restart()
-    start_secs: float = 1.0
-    startup_timeout: float = 600.0
+    start_secs: float = Health.start_secs
+    startup_timeout: float = Health.startup_timeout
     probe_ready: bool = False  # a real readiness probe (http/tcp/command/ray), not just "alive"
     liveness: bool = False
-    failure_threshold: int = 3  # consecutive liveness failures before the kill
+    failure_threshold: int = Health.failure_threshold  # consecutive liveness failures before the kill
     never_give_up: bool = False
     in_gang: bool = False
-    stop_timeout: float = 30.0
+    stop_timeout: float = Restart.stop_timeout
 
     @classmethod
     def from_spec(cls, spec: ProcessSpec) -> MachineConfig:
@@ -103,7 +103,7 @@ class MachineConfig:
             startup_timeout=spec.startup_timeout,
             probe_ready=spec.readiness.kind is not ProbeKind.PROCESS,
             liveness=spec.liveness is not None,
-            failure_threshold=spec.liveness.failure_threshold if spec.liveness else 3,
+            failure_threshold=spec.liveness.failure_threshold if spec.liveness else Health.failure_threshold,
             never_give_up=spec.never_give_up,
             in_gang=spec.group is not None,
             stop_timeout=spec.restart.stop_timeout,

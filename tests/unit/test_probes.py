@@ -27,7 +27,7 @@ class FakeHead:
 
 
 def joined(address: str) -> Probe:
-    return Probe(ProbeKind.RAY_NODE, host="h1", address=address, url="10.0.0.1:6379", timeout=3.0)
+    return Probe(ProbeKind.RAY_NODE, host="h1", address="10.0.0.1", port=6379, member=address, timeout=3.0)
 
 
 def test_concurrent_ray_probes_share_one_read_and_judge_their_own_node() -> None:
