@@ -75,12 +75,10 @@ def _plan(path: str) -> Plan:
 
 def _load(path: str) -> tuple[Inventory, Plan]:
     """The inventory and plan of ``path``, or print every problem and exit 1."""
-    from .inventory import load
-    from .plan import build
+    from .load import load_plan
 
     try:
-        inv = load(path)
-        return inv, build(inv)
+        return load_plan(path)
     except InventoryError as e:
         for problem in e.problems:
             click.echo(str(problem), err=True)
@@ -330,9 +328,10 @@ def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str,
     """
     from . import systemd_unit
 
-    cluster = _plan(inventory).cluster  # every problem, located, before anything is written
+    planned = _plan(inventory)  # every problem, located, before anything is written
+    cluster = planned.cluster
     try:
-        actions = systemd_unit.install(inventory, dry_run=dry_run, unit_dir=unit_dir, conf_dir=conf_dir,
+        actions = systemd_unit.install(inventory, planned, dry_run=dry_run, unit_dir=unit_dir, conf_dir=conf_dir,
                                        enable=not no_enable)
     except DynamoLaunchError as e:
         _fail(str(e))

@@ -2,18 +2,20 @@
 
 Every problem is collected and reported at once, each with file, line and key
 path. Cross-field rules (host references, GPU arithmetic, ports) live in
-:mod:`dynamo_launch.checks`; this module handles shape, types and secrets.
+:mod:`dynamo_launch.rules`; this module handles shape, types and secrets. What can only be
+checked on the plan (derived process names, ports per host) is checked after the plan is
+built: :func:`dynamo_launch.load.load_plan` does both.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os.path
 import re
 import tomllib
 from typing import Any
 
-from . import checks
+from . import rules
+from .addresses import split_hostport, valid_address
 from .errors import InventoryError, Problem
 from .model import (
     Backend,
@@ -38,7 +40,7 @@ from .model import (
 from .reader import ENV_NAME, HOSTNAME, NAME, Reader
 from .tomlpos import KeyPath, LineMap
 
-__all__ = ["load", "parse", "split_hostport"]
+__all__ = ["load", "parse", "read_text"]
 
 _TOP = {"cluster", "ssh", "env", "hosts", "nats", "etcd", "frontend", "workers", "ray", "processes"}
 _SSH = {"user", "port", "key_file", "known_hosts", "connect_timeout", "keepalive_interval", "keepalive_count_max"}
@@ -54,20 +56,25 @@ _ENV_REF = re.compile(r"\$\{(" + ENV_NAME + r")\}")
 
 
 def load(path: str) -> Inventory:
-    """Read and validate the inventory file at ``path``.
+    """Read and validate the inventory file at ``path`` (the plan-level checks are
+    :func:`dynamo_launch.load.load_plan`'s).
 
     Raises :class:`~dynamo_launch.errors.InventoryError` with every problem found.
     """
+    return parse(read_text(path), path)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of the inventory file at ``path``, or :class:`InventoryError`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise InventoryError([Problem(0, "", f"cannot read: {e.strerror or e}", path)]) from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InventoryError([Problem(1, "", f"not UTF-8 text ({e.reason} at byte {e.start})", path)]) from None
-    return parse(text, path)
 
 
 def parse(text: str, source: str = "inventory.toml") -> Inventory:
@@ -84,7 +91,7 @@ def parse(text: str, source: str = "inventory.toml") -> Inventory:
     base_dir = os.path.dirname(os.path.abspath(source)) if source else ""
     inventory = _Loader(r, base_dir).inventory(raw, source)
     if inventory is not None:  # a model despite local problems (typos): check it too, report all at once
-        checks.validate(inventory, r)
+        rules.validate(inventory, r)
     if r.problems:
         raise InventoryError(r.problems)
     assert inventory is not None
@@ -183,7 +190,7 @@ class _Loader:
         r = self.r
         r.table(t, p, {"name", "address", "gpus", "local", "python", "labels", "ssh"})
         address = r.get(t, p, "address", str)
-        if address and not _valid_address(address):
+        if address and not valid_address(address):
             r.problem(p + ("address",), f"{address!r} is neither an IP address nor a host name")
         labels = r.table(t.get("labels", {}), p + ("labels",), None)
         for k, v in labels.items():
@@ -205,7 +212,7 @@ class _Loader:
                              "restart", "health"})  # fmt: skip
         external = self.url(t, p, "external", ("nats", "tls"))
         bind = r.get(t, p, "bind", str, None)
-        if bind is not None and not _valid_address(bind):
+        if bind is not None and not valid_address(bind):
             r.problem(p + ("bind",), f"{bind!r} is neither an IP address nor a host name (\"0.0.0.0\": every interface)")
         token, user = self.secret(t, p, "token", "NATS_TOKEN"), self.env_key(t, p, "user")
         password = self.secret(t, p, "password", "NATS_PASSWORD")
@@ -465,29 +472,3 @@ class _Loader:
 
 _NO_CLUSTER = Cluster(name="", head="", state_dir="/var/lib/dynamo-launch/cluster")
 """Stands in for a missing or malformed [cluster] table (already reported) so the rest is still checked."""
-
-
-def split_hostport(text: str) -> tuple[str, int] | None:
-    """``("127.0.0.1", 9400)`` from ``"127.0.0.1:9400"`` (``"[::1]:9400"`` for IPv6); None when malformed."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text)
-    if not m:
-        return None
-    host, port = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
-    if not 1 <= int(port) <= 65535:
-        return None
-    if m.group(1) is not None:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None
-    elif not _valid_address(host):
-        return None
-    return host, int(port)
-
-
-def _valid_address(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        return bool(re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", address))

@@ -19,10 +19,11 @@ from typing import Any
 __all__ = ["StateFile", "atomic_write"]
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, *, dir_mode: int = 0o700) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (``mode`` from the start; missing
+    parent directories are made with ``dir_mode``)."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.makedirs(directory, mode=dir_mode, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         os.fchmod(fd, mode)

@@ -17,12 +17,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 
 from .errors import DynamoLaunchError
-from .inventory import load
-from .plan import Plan, build
+from .plan.spec import Plan
+from .state import atomic_write
 
 __all__ = [
     "CONF_DIR",
@@ -191,20 +190,18 @@ class Action:
         return "run " + shlex.join(self.argv)
 
 
-def install(inventory_path: str, *, dry_run: bool = False, unit_dir: str = UNIT_DIR, conf_dir: str = CONF_DIR,
+def install(inventory_path: str, plan: Plan, *, dry_run: bool = False, unit_dir: str = UNIT_DIR, conf_dir: str = CONF_DIR,
             enable: bool = True, executable: str | None = None) -> list[Action]:
-    """Install the cluster of ``inventory_path`` as ``dynamo-launch@<cluster>.service``.
+    """Install the cluster of ``inventory_path`` (planned as ``plan``) as ``dynamo-launch@<cluster>.service``.
 
     Writes the template unit, ``<conf_dir>/<cluster>.env`` pointing at the inventory's absolute
     path (other lines of an existing env file are kept), a stop-timeout drop-in when the cluster
     needs more than ``TimeoutStopSec=``, then runs ``systemctl daemon-reload`` and (``enable``)
     ``systemctl enable``. With ``dry_run`` nothing is written or run. Commands are skipped when
     ``systemctl`` is not on PATH (daemon-reload also when systemd is not running). Raises
-    :class:`~dynamo_launch.errors.InventoryError` for a bad inventory, and
     :class:`~dynamo_launch.errors.DynamoLaunchError` when a file cannot be written.
     """
     inventory_path = os.path.abspath(inventory_path)
-    plan = build(load(inventory_path))
     cluster = plan.cluster
     actions = [Action("write", os.path.join(unit_dir, UNIT_NAME),
                       render_unit(executable or _executable(), conf_dir=conf_dir))]
@@ -263,21 +260,9 @@ def _merge_env(path: str, cluster: str, line: str) -> str:
 
 
 def _write(a: Action) -> Action:
-    """Write atomically (a reader never sees half a unit), with ``a.mode`` from the start."""
-    directory = os.path.dirname(a.path)
+    """Write atomically and durably (a reader never sees half a unit), with ``a.mode`` from the start."""
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dynamo-launch-")
-        try:
-            os.fchmod(fd, a.mode)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(a.content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, a.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(a.path, a.content.encode("utf-8"), a.mode, dir_mode=0o755)
     except OSError as e:
         raise DynamoLaunchError(f"cannot write {a.path}: {e.strerror or e}"
                                 + (" (run as root, or see --unit-dir/--conf-dir)" if isinstance(e, PermissionError) else "")) from None

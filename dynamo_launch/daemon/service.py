@@ -29,7 +29,8 @@ from ..errors import (AlreadyRunning, DynamoLaunchError, InventoryError, LeaderH
                       SecretError)
 from .. import secrets
 from ..eventbus import EventBus
-from ..inventory import split_hostport
+from ..addresses import split_hostport
+from ..load import load_plan
 from ..metrics import MetricsServer
 from ..metrics import render as render_metrics
 from ..mirror import Mirror
@@ -418,13 +419,9 @@ class Daemon:
 
     def diff(self, path: str | None = None) -> tuple[Plan, Inventory, PlanDiff]:
         """The new plan of ``path`` (default: the inventory in use) and its difference."""
-        from ..inventory import load
-        from ..plan import build
-
         path = os.path.abspath(path or self.inventory_path)
         try:
-            inv = load(path)
-            plan = build(inv)
+            inv, plan = load_plan(path)
         except InventoryError as e:
             raise DynamoLaunchError(f"{path}: not reloaded, nothing changed:\n" + str(e)) from None
         for what in ("cluster", "state_dir", "head"):

@@ -7,12 +7,11 @@ then ordered so that every process comes after what it waits for.
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 
 from ..errors import PlanError
 from ..model import Backend, Inventory
-from ..placement import place
+from ..placement import Placement, place
 from . import generic, infra, mocker, sglang, trtllm, vllm
 from .context import Context
 from .ray import ray_processes
@@ -23,24 +22,9 @@ __all__ = ["build"]
 _BACKENDS = {Backend.VLLM: vllm, Backend.SGLANG: sglang, Backend.TRTLLM: trtllm, Backend.MOCKER: mocker}
 
 
-# The last inventory planned and its plan. Validation plans the inventory to check its ports
-# (checks._check_ports) and the CLI then plans the same object again: with hundreds of hosts that
-# second build was a fifth of `plan`/`validate`. Inventories and plans are frozen and build is
-# pure, so the same object gets the same plan. A weak reference: the cache keeps nothing alive.
-_last: tuple[weakref.ref[Inventory], Plan] | None = None
-
-
-def build(inv: Inventory) -> Plan:
-    """The launch plan of a validated inventory (the same object is planned once)."""
-    global _last
-    if _last is not None and _last[0]() is inv:
-        return _last[1]
-    plan = _build(inv)
-    _last = (weakref.ref(inv), plan)
-    return plan
-
-
-def _build(inv: Inventory) -> Plan:
+def build(inv: Inventory, placement: Placement | None = None) -> Plan:
+    """The launch plan of a validated inventory (``placement``: its placement, when the caller
+    has it already)."""
     ctx = Context(inv)
     procs: list[ProcessSpec] = []
     targets: dict[str, list[str]] = defaultdict(list)
@@ -64,7 +48,7 @@ def _build(inv: Inventory) -> Plan:
                                  worker_args=r.worker_args, user_env=r.env))  # fmt: skip
     if inv.frontend is not None:
         add("frontend", [infra.frontend(ctx)])
-    placement = place(inv)
+    placement = place(inv) if placement is None else placement
     if placement.problems:
         raise PlanError("; ".join(message for _, message in placement.problems))
     for i, group in enumerate(inv.workers):

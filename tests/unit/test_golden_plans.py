@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_launch.inventory import load
-from dynamo_launch.plan import build
+from dynamo_launch.load import load_plan
 from dynamo_launch.plan.render import to_json, to_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +27,7 @@ def _case_name(path: Path) -> str:
 @pytest.mark.parametrize("inventory", CASES, ids=_case_name)
 def test_plan_matches_golden(inventory: Path, update_goldens: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # sources are named relative to the repository, as an operator types them
-    plan = build(load(str(inventory.relative_to(ROOT))))
+    plan = load_plan(str(inventory.relative_to(ROOT)))[1]
     rendered = {"plan.txt": to_text(plan), "plan.json": to_json(plan)}
     folder = GOLDEN / _case_name(inventory)
     if update_goldens:

@@ -15,10 +15,21 @@ from click.testing import CliRunner
 from dynamo_launch import reader as reader_module
 from dynamo_launch.cli import main
 from dynamo_launch.errors import InventoryError
-from dynamo_launch.inventory import load, parse, split_hostport
-from dynamo_launch.model import SecretRef, SshSettings
+from dynamo_launch.addresses import split_hostport
+from dynamo_launch.load import load_plan, plan_text
+from dynamo_launch.model import Inventory, SecretRef, SshSettings
 from dynamo_launch.placement import place
 from dynamo_launch.plan import build
+
+
+def parse(text: str, source: str = "inventory.toml") -> Inventory:
+    """The inventory of ``text`` as every command loads it: validated, planned, plan checked."""
+    return plan_text(text, source)[0]
+
+
+def load(path: str) -> Inventory:
+    """The inventory at ``path``, loaded as every command loads it."""
+    return load_plan(path)[0]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(ROOT.glob("examples/*.toml")) + [ROOT / "inventory.example.toml"]

@@ -25,9 +25,8 @@ from hypothesis import strategies as st
 
 from dynamo_launch.cli import main
 from dynamo_launch.errors import InventoryError
-from dynamo_launch.inventory import parse
+from dynamo_launch.load import plan_text
 from dynamo_launch.model import Inventory
-from dynamo_launch.plan import build
 
 from .test_inventory import accepted_keys
 
@@ -46,7 +45,7 @@ FUZZ = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, suppress_health_c
 def check(text: str) -> Inventory | InventoryError:
     """Parse ``text``; assert the outcome is a plannable model or well-formed problems."""
     try:
-        inventory = parse(text, "inv.toml")
+        inventory, plan = plan_text(text, "inv.toml")  # a model the loader accepts always plans
     except InventoryError as e:
         assert e.problems, "an InventoryError without problems"
         last_line = text.count("\n") + 1
@@ -60,8 +59,7 @@ def check(text: str) -> Inventory | InventoryError:
             assert line.startswith(f"inv.toml:{p.line}: ") and len(line.splitlines()) == 1, line
         assert e.problems == sorted(e.problems), "problems are not in line order"
         return e
-    assert isinstance(inventory, Inventory)
-    build(inventory)  # a model the loader accepts always plans
+    assert isinstance(inventory, Inventory) and plan.cluster == inventory.cluster.name
     return inventory
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_launch.inventory import load
-from dynamo_launch.plan import Plan, build
+from dynamo_launch.load import load_plan
+from dynamo_launch.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD, NODE2, NODE3, NODE4 = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"
@@ -65,7 +65,7 @@ DP_FLAGS = {
 
 
 def _plan(example: str) -> Plan:
-    return build(load(str(ROOT / "examples" / f"{example}.toml")))
+    return load_plan(str(ROOT / "examples" / f"{example}.toml"))[1]
 
 
 def _word_matches(guide: str, word: str) -> bool:

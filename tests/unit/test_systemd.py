@@ -19,10 +19,16 @@ from dynamo_launch import systemd_unit
 from dynamo_launch.cli import main
 from dynamo_launch.errors import DynamoLaunchError, InventoryError
 from dynamo_launch.sdnotify import Notifier, watchdog_interval
-from dynamo_launch.systemd_unit import install, instance, render_unit
+from dynamo_launch.load import load_plan
+from dynamo_launch.systemd_unit import instance, render_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERIC = str(ROOT / "examples" / "generic-processes.toml")
+
+
+def install(path: str, **kwargs) -> list[systemd_unit.Action]:
+    """``systemd_unit.install`` of the inventory at ``path``, planned as the CLI plans it."""
+    return systemd_unit.install(path, load_plan(path)[1], **kwargs)
 
 
 # --- sd_notify -----------------------------------------------------------------------------------------
@@ -253,12 +259,15 @@ def test_a_slow_stopping_cluster_gets_a_longer_stop_timeout(tmp_path: Path, no_s
     assert not any("stop-timeout" in a.path for a in install(GENERIC, dry_run=True))
 
 
-def test_a_bad_inventory_raises_and_writes_nothing(tmp_path: Path) -> None:
+def test_a_bad_inventory_is_reported_and_nothing_is_written(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[cluster]\nname = "x"\nhead = "nope"\n')
     with pytest.raises(InventoryError):
-        install(str(bad), unit_dir=str(tmp_path / "u"), conf_dir=str(tmp_path / "c"))
-    assert not (tmp_path / "u").exists()
+        load_plan(str(bad))
+    result = CliRunner().invoke(main, ["install-systemd", str(bad), "--unit-dir", str(tmp_path / "u"),
+                                       "--conf-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "bad.toml:" in result.output
+    assert not (tmp_path / "u").exists() and not (tmp_path / "c").exists()
 
 
 # --- the command ---------------------------------------------------------------------------------------

@@ -1,16 +1,15 @@
-"""Cross-field validation of an inventory whose every key is well-typed (pure).
+"""Cross-field rules of an inventory whose every key is well-typed (pure).
 
 Host references, unique names and addresses, GPU arithmetic (through
-:mod:`dynamo_launch.placement`), combinations that cannot work, and port
-collisions per host (from the plan itself, so the ports checked are exactly
-the ports launched).
+:mod:`dynamo_launch.placement`) and combinations that cannot work. What only the plan can
+tell (the process names it derives, the ports each host's processes take) is checked on the
+plan itself, once it is built: :mod:`dynamo_launch.plan.conflicts`.
 """
 
 from __future__ import annotations
 
-from .errors import PlanError
 from .model import Backend, Executor, Health, Inventory, Role
-from .placement import Placement, place
+from .placement import place
 from .reader import Reader
 from .tomlpos import KeyPath, format_path
 
@@ -57,15 +56,8 @@ def validate(inv: Inventory, r: Reader) -> None:
     _check_health(inv, r)
     if any(_under(p.key, "hosts", "workers") for p in r.problems):
         return  # placement needs well-formed hosts and groups; other problems do not hide its findings
-    placement = place(inv)
-    for path, message in placement.problems:
+    for path, message in place(inv).problems:
         r.problem(path, message)
-    if r.problems:
-        return
-    _check_process_names(inv, r, placement)
-    if r.problems:
-        return
-    _check_ports(inv, r)
 
 
 def _check_hosts(inv: Inventory, r: Reader) -> set[str]:
@@ -190,33 +182,6 @@ def _check_workers(inv: Inventory, r: Reader) -> None:
             r.problem(path + ("data_parallel_size",), "data_parallel_size does not work with executor = 'ray' (one engine over a Ray cluster); use executor = 'mp'")
 
 
-def _check_process_names(inv: Inventory, r: Reader, placement: Placement) -> None:
-    """The process names the planner derives (replicas, ranks, Ray nodes, one per host) must not collide."""
-    from .plan.workers import rank_name  # late import: the planner imports this module's constants
-
-    owners: dict[str, str] = {}
-
-    def claim(names: list[str], owner: str, path: KeyPath) -> None:
-        for name in names:
-            if name in owners and owners[name] != owner:
-                r.problem(path, f"starts a process called {name!r}, as {owners[name]} does; choose another name")
-            owners.setdefault(name, owner)
-
-    if inv.ray is not None:
-        claim(["ray-head", *(f"ray-{k}" for k in range(1, len(inv.ray.workers) + 1))], "ray", ("ray",))
-    for i, w in enumerate(inv.workers):
-        for replica in placement.replicas.get(w.name, ()):
-            names = [replica.name]
-            if replica.multi_node and w.backend is Backend.VLLM and w.executor is Executor.RAY:
-                names += [f"{replica.name}-ray-head", *(f"{replica.name}-ray-{k}" for k in range(1, len(replica.nodes)))]
-            elif replica.multi_node and w.backend in (Backend.VLLM, Backend.SGLANG):
-                names += [rank_name(replica, node) for node in replica.nodes[1:]]
-            claim(names, f"workers[{i}]", ("workers", i, "name"))
-    for i, p in enumerate(inv.processes):
-        claim([p.name] if len(p.hosts) == 1 else [f"{p.name}-{h}" for h in p.hosts], f"processes[{i}]", ("processes", i, "name"))
-    for i, p in enumerate(inv.processes):
-        if p.gang and p.gang in owners:
-            r.problem(("processes", i, "gang"), f"gang name {p.gang!r} is already the name of a process of {owners[p.gang]}")
 
 
 _PROBED = {
@@ -254,37 +219,8 @@ def _check_health(inv: Inventory, r: Reader) -> None:
                 r.problem(path + (key,), f"is not used here: {_HOW[kind]}")
 
 
-def _check_ports(inv: Inventory, r: Reader) -> None:
-    from .plan.build import build  # late import: the planner imports this module's constants
-
-    try:
-        plan = build(inv)
-    except PlanError as e:  # a rule the checks above missed: still one located line, never a traceback
-        r.problem((), f"cannot plan this inventory: {e}")
-        return
-    used: dict[tuple[str, int], tuple[str, KeyPath]] = {}
-    for proc in plan.processes:
-        for port, origin in proc.ports:
-            if origin == ("cluster", "system_port") and port > 32767:  # Dynamo parses it as a signed 16-bit number
-                r.problem(origin, f"{proc.name} on {proc.host} would get system port {port}: Dynamo accepts at most "
-                                  "32767; lower cluster.system_port")
-            key = (proc.host, port)
-            if key in used and used[key][0] != proc.name:
-                other, other_origin = used[key]
-                r.problem(origin, f"port {port} on {proc.host} is also used by {other} ({format_path(other_origin)})")
-            used.setdefault(key, (proc.name, origin))
-    _check_metrics_port(inv, r, used)
 
 
-def _check_metrics_port(inv: Inventory, r: Reader, used: dict[tuple[str, int], tuple[str, KeyPath]]) -> None:
-    """The daemon's metrics endpoint lives on the head: its port must not be one the head's processes take."""
-    from .inventory import split_hostport  # late import: the loader imports this module
-
-    bound = split_hostport(inv.cluster.metrics) if inv.cluster.metrics else None
-    if bound is not None and (inv.cluster.head, bound[1]) in used:
-        other, origin = used[(inv.cluster.head, bound[1])]
-        r.problem(("cluster", "metrics"),
-                  f"port {bound[1]} on {inv.cluster.head} is also used by {other} ({format_path(origin)})")
 
 
 def _under(key: str, *sections: str) -> bool:
