@@ -5,7 +5,7 @@ Everything lives under ``/dynamo-launch/<cluster>/``::
     leader              "pid 123 on head1 since 2025-01-02 03:04:05 UTC" — attached to the daemon's
                         lease: it disappears when the daemon stops (close) or dies (lease expiry)
     heartbeat           {"holder", "time", "ttl"} — same lease, rewritten every ``heartbeat_interval``
-    status              the whole ``status.snapshot()`` as JSON: what ``status --etcd`` shows
+    status              the whole ``daemon.snapshot.snapshot()`` as JSON: what ``status --etcd`` shows
     processes/<name>    one process of that snapshot (JSON)
     hosts/<name>        one host of that snapshot (JSON)
 

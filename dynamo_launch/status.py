@@ -1,59 +1,17 @@
-"""The operator's view: a status snapshot (what the control socket returns) and its table.
+"""The operator's view: the text table of a status snapshot.
 
-Kept outside the daemon package so that ``dynamo-launch status`` imports nothing heavy (no
-SSH library): it only reads the socket and renders.
-
-:func:`snapshot` reads the daemon's machines; :func:`render` turns a snapshot (possibly
-received as JSON) into the text table ``dynamo-launch status`` prints. Both are cheap: the
-snapshot is answered from memory, never by asking the hosts.
+:func:`render` turns a snapshot — the JSON the control socket answers or the etcd mirror holds,
+made by :func:`dynamo_launch.daemon.snapshot.snapshot` — into what ``dynamo-launch status``
+prints. It imports nothing of the daemon (no SSH library), so ``status`` starts fast.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .daemon.service import Daemon
-
-__all__ = ["render", "snapshot"]
+__all__ = ["COLUMNS", "render"]
 
 COLUMNS = ("HOST", "PROCESS", "ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "LAST EXIT", "HEALTH")
-
-
-def snapshot(daemon: "Daemon") -> dict[str, Any]:
-    """Everything ``status`` shows, as plain JSON-able data."""
-    runner = daemon.runner
-    assert runner is not None
-    now_wall = time.time()
-    procs = []
-    for name, p in runner.procs.items():
-        m = p.machine
-        running = m.pid is not None
-        last = m.last_exit
-        procs.append({
-            "host": p.spec.host,
-            "name": name,
-            "role": p.spec.kind,
-            "group": p.spec.group,
-            "state": m.state.name,
-            "reason": m.reason,
-            "pid": m.pid,
-            "uptime": round(now_wall - p.started_wall, 1) if running and p.started_wall else None,
-            "restarts": m.restarts,
-            "generation": m.generation,
-            "last_exit": None if last is None else {"code": last.code, "signal": last.signal},
-            "health": p.health,
-            "probe_seconds": None if p.probe_seconds is None else round(p.probe_seconds, 4),
-        })
-    gangs = [{"name": g, "state": m.state.name, "generation": m.generation, "restarts": m.restarts,
-              "members": list(m.members), "reason": m.reason} for g, m in runner.gangs.items()]
-    hosts = [{"name": n, "address": link.host.address, "up": link.up, "error": "" if link.up else link.last_error}
-             for n, link in daemon.links.items()]
-    return {"cluster": daemon.plan.cluster, "launch_id": daemon.launch_id, "daemon_pid": os.getpid(),
-            "inventory": daemon.inventory_path, "started": daemon.started, "now": now_wall, "hosts": hosts,
-            "processes": procs, "gangs": gangs, "timings": dict(daemon.timings)}
 
 
 def _exit_text(last: dict[str, Any] | None) -> str:

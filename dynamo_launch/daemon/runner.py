@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,8 +20,7 @@ import structlog
 
 from .. import secrets
 from ..errors import AgentError, DynamoLaunchError, IllegalTransition, TransportError
-from ..plan.diff import PlanDiff
-from ..plan.spec import Plan, Probe, ProbeKind, ProcessSpec
+from ..plan.spec import Gang, Plan, Probe, ProbeKind, ProcessSpec
 from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
                           HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult,
                           ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
@@ -29,7 +28,6 @@ from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, 
 from .links import HostLink
 from .probes import RayTables, run_probe
 from .reconcile import Adoption, strays
-from .reload import apply as reload_apply
 
 __all__ = ["Proc", "Runner"]
 
@@ -80,7 +78,7 @@ class Runner:
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self.ray_tables = RayTables()  # Ray probes of one cluster share their node-table reads
-        self._log = log.bind(cluster=plan.cluster)
+        self.log = log.bind(cluster=plan.cluster)
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -201,9 +199,72 @@ class Runner:
                                             for n in names), limit)
         return [n for n, p in self.procs.items() if p.machine.state is State.UNKNOWN and (only is None or n in only)]
 
-    async def apply(self, plan: Plan, d: PlanDiff, timeout: float | None = None) -> None:
-        """Move to ``plan`` (a reload): see :func:`dynamo_launch.daemon.reload.apply`."""
-        await reload_apply(self, plan, d, timeout)
+    # --- replacing machines (a reload) -------------------------------------------------------
+
+    async def retire(self, names: list[str], timeout: float | None = None) -> None:
+        """Stop ``names`` (with every member of their gangs) and forget their machines; the
+        generation each had is kept for the machine that replaces it (:meth:`install`).
+
+        Raises :class:`DynamoLaunchError` when one cannot be confirmed stopped (its host is
+        unreachable): replacing it could make two copies, so nothing is forgotten then.
+        """
+        names = [n for n in names if n in self.procs]
+        gangs = {self.procs[n].spec.group for n in names} - {None}
+        everyone = set(names) | {m for g in gangs for m in self.gangs[g].members}  # type: ignore[index]
+        for g in gangs:
+            self.post(("gang", g), Stop("reload"))  # type: ignore[arg-type]
+        for n in everyone:
+            if self.procs[n].spec.group is None:
+                self.post(("proc", n), Stop("reload"))
+        if everyone:
+            limit = timeout or max(self.procs[n].spec.restart.stop_timeout for n in everyone) + 15
+            await self.wait_for(lambda: all(self.procs[n].machine.state in (State.STOPPED, State.UNKNOWN)
+                                            for n in everyone), limit)
+        stuck = sorted(n for n in everyone if self.procs[n].machine.state is not State.STOPPED)
+        if stuck:
+            raise DynamoLaunchError(f"reload halted: {', '.join(stuck)} could not be confirmed stopped "
+                                    "(host unreachable?); nothing more was changed")
+        for n in everyone:
+            p = self.procs.pop(n)
+            for h in p.timers.values():
+                h.cancel()
+            _stop(p.probe_task)
+            _stop(p.gate_task)
+            self._generations[n] = p.machine.generation
+        for g in gangs:
+            self._generations["gang " + g] = self.gangs.pop(g).generation  # type: ignore[arg-type]
+            for h in self._gang_timers.pop(g, {}).values():  # type: ignore[arg-type]
+                h.cancel()
+
+    def install(self, specs: list[ProcessSpec], gangs: Mapping[str, Gang]) -> None:
+        """New machines for ``specs`` (and their gangs, from ``gangs``), each continuing the
+        generation count of the machine :meth:`retire` forgot under its name."""
+        for spec in specs:
+            p = Proc(spec)
+            if spec.name in self._generations:
+                p.machine.generation = self._generations[spec.name] + 1
+            self.procs[spec.name] = p
+            if spec.group and spec.group not in self.gangs:
+                m = GangMachine.from_gang(gangs[spec.group])
+                if "gang " + spec.group in self._generations:
+                    m.generation = self._generations["gang " + spec.group] + 1
+                self.gangs[spec.group] = m
+
+    def start(self, names: Iterable[str]) -> None:
+        """Start the machines of ``names`` (a gang once, for all its members)."""
+        names = list(names)
+        for g in sorted({self.procs[n].spec.group for n in names} - {None}):  # type: ignore[type-var]
+            self.post(("gang", g), Start())
+        for n in names:
+            if self.procs[n].spec.group is None:
+                self.post(("proc", n), Start())
+
+    def use_plan(self, plan: Plan) -> None:
+        """Make ``plan`` the runner's plan; processes it keeps unchanged take their new specs."""
+        for spec in plan.processes:
+            if spec.name in self.procs:
+                self.procs[spec.name].spec = spec
+        self.plan = plan
 
     # --- host links -----------------------------------------------------------------------------------
 
@@ -242,18 +303,20 @@ class Runner:
                 self.post(("proc", p.name), HostBack(alive=True, pid=int(r["pid"])))
             else:
                 self.post(("proc", p.name), HostBack(alive=False))
-        await self._kill_strays(self.links[host], keep)
+        await self.kill_strays(self.links[host], keep)
 
-    async def _kill_strays(self, link: HostLink, keep: dict[str, int]) -> None:
+    async def kill_strays(self, link: HostLink, keep: Mapping[str, int]) -> None:
+        """Kill every process of this launch on ``link``'s host but the copies in ``keep``
+        (name → generation); a scan that fails is logged, not raised."""
         try:
             scanned = await link.call("scan", launch_id=self.launch_id)
             for s in strays(scanned, keep):
-                self._log.warning("killing stray process", host=link.name, pid=s.get("pid"), name=s.get("name"),
+                self.log.warning("killing stray process", host=link.name, pid=s.get("pid"), name=s.get("name"),
                                   generation=s.get("generation"))
                 await link.call("signal", name=str(s.get("name")), pid=int(s["pid"]),
                                 start_time=s.get("start_time"), signal="KILL")
         except DynamoLaunchError as e:
-            self._log.warning("stray scan failed", host=link.name, error=str(e))
+            self.log.warning("stray scan failed", host=link.name, error=str(e))
 
     # --- the event loop -------------------------------------------------------------------------------
 
@@ -270,7 +333,7 @@ class Runner:
                 else:
                     self._feed_gang(name, event)
             except Exception:  # a bug must not stop supervision of everything else
-                self._log.exception("event handling failed", target=name, event=repr(event))
+                self.log.exception("event handling failed", target=name, event=repr(event))
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
 
@@ -279,7 +342,7 @@ class Runner:
         try:
             actions = p.machine.on(event, self.now())
         except IllegalTransition as e:
-            self._log.warning("event refused", process=p.name, error=str(e))
+            self.log.warning("event refused", process=p.name, error=str(e))
             return
         for action in actions:
             self._act(p, action)
@@ -325,7 +388,7 @@ class Runner:
         try:
             actions = m.on(event, self.now())
         except IllegalTransition as e:
-            self._log.warning("event refused", gang=name, error=str(e))
+            self.log.warning("event refused", gang=name, error=str(e))
             return
         timers = self._gang_timers.setdefault(name, {})
         for a in actions:
@@ -373,7 +436,7 @@ class Runner:
             return
         except TransportError as e:
             # Unsure whether it started: when the host is lost, HostLost/HostBack settle it.
-            self._log.warning("spawn request failed", process=p.name, error=str(e))
+            self.log.warning("spawn request failed", process=p.name, error=str(e))
             if link.up:
                 await self._take_existing(p, str(e))
             return
@@ -414,7 +477,7 @@ class Runner:
             await self.links[p.spec.host].call("signal", name=p.name, pid=int(rec["pid"]),
                                                start_time=rec.get("start_time"), signal=signal)
         except DynamoLaunchError as e:  # host lost: HostLost follows; agent error: the exit never comes
-            self._log.warning("signal failed", process=p.name, signal=signal, error=str(e))
+            self.log.warning("signal failed", process=p.name, signal=signal, error=str(e))
 
     async def _watch(self, p: Proc) -> None:
         with contextlib.suppress(DynamoLaunchError):

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import time
@@ -35,7 +36,7 @@ from ..metrics import MetricsServer
 from ..metrics import render as render_metrics
 from ..mirror import Mirror
 from ..model import Inventory
-from ..plan.diff import PlanDiff, render_diff
+from ..plan.diff import PlanDiff
 from ..plan.diff import diff as diff_plans
 from ..plan.spec import Env, Plan
 from ..preflight import Check, run_preflight
@@ -45,8 +46,10 @@ from ..supervisor import Notify, State
 from ..transport import Transport, make_transport
 from .links import HostLink
 from .reconcile import Adoption, pick_launch_id, plan_adoption
+from . import reload
+from .requests import handle
 from .runner import Runner
-from ..status import snapshot
+from .snapshot import snapshot
 
 __all__ = ["Daemon", "StopReport"]
 
@@ -139,7 +142,7 @@ class Daemon:
                              on_records=self._records_changed)
         for link in self.links.values():
             keep = {n: int(r["generation"]) for n, r in adoption.adopt.items() if self.plan.process(n).host == link.name}
-            await self.runner._kill_strays(link, keep)
+            await self.runner.kill_strays(link, keep)
         if adoption.adopt:
             self._log.info("adopting running processes", count=len(adoption.adopt), launch_id=self.launch_id,
                            processes=sorted(adoption.adopt))
@@ -255,7 +258,7 @@ class Daemon:
         assert self.runner is not None
         self._stopped = asyncio.get_running_loop().create_future()
         if control:
-            self._control = ControlServer(socket_path(self.plan.cluster), self._handle)
+            self._control = ControlServer(socket_path(self.plan.cluster), functools.partial(handle, self))
             await self._control.start()
             await self._start_metrics()
         settle = asyncio.create_task(self._settled(), name="bring-up")
@@ -443,7 +446,7 @@ class Daemon:
         for h in new_hosts:
             self.transports[h.name] = make_transport(h, accept_new_host_keys=self.accept_new_host_keys)
         await self._open_links(new_hosts)
-        await self.runner.apply(plan, d)
+        await reload.apply(self.runner, plan, d)
         for name in [n for n in self.links if n not in {h.name for h in plan.hosts}]:
             await self.links.pop(name).close()
         self.plan, self.inv = plan, inv
@@ -513,40 +516,32 @@ class Daemon:
         if self.runner is not None:
             await self.runner.on_host_back(host, records)
 
-    async def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.runner is not None
-        op = req.get("op")
-        if op == "status":
-            return snapshot(self)
-        if op == "restart":
-            return {"restarted": self.runner.restart(str(req["target"]))}
-        if op == "events":
-            since = int(req.get("since", 0))
-            return {"events": [e for e in self.events if e["seq"] > since]}
-        if op == "logs":
-            return await self._logs(str(req["name"]), req)
-        if op == "diff":
-            return {"text": render_diff(self.diff(req.get("path"))[2])}
-        if op == "reload":
-            d = self.diff(req.get("path"))[2]
-            if self._reload_task is not None and not self._reload_task.done():
-                raise DynamoLaunchError("a reload is already in progress")
-            self._reload_task = asyncio.create_task(self._reload_logged(req.get("path")), name="reload")
-            return {"text": render_diff(d)}
-        if op == "down":
-            self.request_stop()
-            assert self._stopped is not None
-            report: StopReport = await asyncio.shield(self._stopped)
-            return {"stopped": report.stopped, "unknown": report.unknown, "leftovers": report.leftovers,
-                    "clean": report.clean}
-        raise DynamoLaunchError(f"unknown request {op!r}")
+    def start_reload(self, path: str | None = None) -> PlanDiff:
+        """Begin a reload of ``path`` (default: the inventory in use) in the background and
+        return what it will change; a bad file, or a reload in progress, raises and changes nothing."""
+        d = self.diff(path)[2]
+        if self._reload_task is not None and not self._reload_task.done():
+            raise DynamoLaunchError("a reload is already in progress")
+        self._reload_task = asyncio.create_task(self._reload_logged(path), name="reload")
+        return d
 
-    async def _logs(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
-        if name not in self.runner.procs:  # type: ignore[union-attr]
+    async def stop_and_wait(self) -> StopReport:
+        """Ask :meth:`serve` to stop everything and wait for its report (``down`` through the socket)."""
+        self.request_stop()
+        assert self._stopped is not None
+        return await asyncio.shield(self._stopped)
+
+    def events_since(self, seq: int) -> list[dict[str, Any]]:
+        """The kept events after sequence number ``seq``."""
+        return [e for e in self.events if e["seq"] > seq]
+
+    async def read_log(self, name: str, *, lines: int | None = None, offset: int | None = None,
+                       max_bytes: int = 1 << 20) -> dict[str, Any]:
+        """The last ``lines`` of process ``name``'s log, or (``offset``) the bytes from there on."""
+        if self.runner is None or name not in self.runner.procs:
             raise DynamoLaunchError(f"no process called {name!r}")
         spec = self.plan.process(name)
         link = self.links[spec.host]
-        if "offset" in req:
-            return await link.call("read", path=spec.log_file, offset=int(req["offset"]),
-                                   max_bytes=int(req.get("max_bytes", 1 << 20)))
-        return await link.call("tail", path=spec.log_file, lines=int(req.get("lines", 100)))
+        if offset is not None:
+            return await link.call("read", path=spec.log_file, offset=offset, max_bytes=max_bytes)
+        return await link.call("tail", path=spec.log_file, lines=100 if lines is None else lines)

@@ -255,7 +255,7 @@ def test_secrets_reach_the_process_but_never_state_events_or_records(harness, tm
         pid = h.proc("tok").machine.pid
         with open(f"/proc/{pid}/environ", "rb") as f:
             assert f"API_TOKEN={secret}".encode() in f.read().split(b"\0")
-        from dynamo_launch.status import snapshot
+        from dynamo_launch.daemon.snapshot import snapshot
 
         seen = [json.dumps(snapshot(d)), json.dumps(list(d.events)), (h.tmp / "state" / "state.json").read_text()]
         seen += [p.read_text() for p in (h.tmp / "state" / "run").glob("*.json")]

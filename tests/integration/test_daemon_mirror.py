@@ -10,12 +10,12 @@ import signal
 import pytest
 
 from dynamo_launch.daemon import Daemon
+from dynamo_launch.daemon.snapshot import snapshot
 from dynamo_launch.errors import AlreadyRunning
 from dynamo_launch.eventbus import subscribe
 from dynamo_launch.inventory import parse
 from dynamo_launch.mirror import read_status
 from dynamo_launch.plan import build
-from dynamo_launch.status import snapshot
 from tests.daemon_harness import free_port, kill_launch, local_inventory, standin_process
 
 

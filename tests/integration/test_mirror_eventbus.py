@@ -36,7 +36,7 @@ def arun(coro, timeout: float = 60):
 
 
 def make_snapshot(n: int = 3, *, state: str = "READY", now: float | None = None, uptime: float = 5.0) -> dict:
-    """The shape of dynamo_launch.status.snapshot()."""
+    """The shape of dynamo_launch.daemon.snapshot.snapshot()."""
     now = time.time() if now is None else now
     return {
         "cluster": CLUSTER, "launch_id": "abc123def456", "daemon_pid": 4242, "inventory": "/etc/dl/inventory.toml",
