@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -155,3 +158,78 @@ external = "{etcd}"
             return self.stderr_path.read_text()[-4000:]
         except OSError:
             return ""
+
+
+# Counts the processes of a launch inside a host (run there with nsenter; the tree is shared).
+_SCAN = ("import json, sys; sys.path.insert(0, sys.argv[2]); from tests.daemon_harness import scan_launch; "
+         "print(json.dumps(scan_launch(sys.argv[1])))")
+
+
+class Cluster(BedDaemon):
+    """One `dynamo-launch up` daemon for stand-in processes on the bed (keepalive 1 s × 2)."""
+
+    prefix = "tb"
+
+    def __init__(self, bed, tmp: Path, processes: str, *, known_hosts: str | None = None,
+                 keepalive: tuple[float, int] = (1.0, 2)):
+        super().__init__(bed, tmp, processes, known_hosts=known_hosts, keepalive=keepalive)
+
+    # --- the hosts -------------------------------------------------------------------------------
+    def scan(self, host: str, launch_id: str | None = None) -> list[dict]:
+        lid = launch_id or next(iter(self.launch_ids))
+        r = self.bed.exec(host, [PY, "-c", _SCAN, lid, str(ROOT)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def scan_all(self) -> dict[str, list[dict]]:
+        return {h.name: self.scan(h.name) for h in self.bed.hosts}
+
+    def kill_on_host(self, host: str, pid: int, sig: int = signal.SIGKILL) -> None:
+        self.bed.exec(host, ["kill", f"-{sig}", str(pid)], check=True, timeout=10)
+
+    def cleanup(self) -> None:
+        self.stop_daemon()
+        for lid in self.launch_ids:
+            for h in self.bed.hosts:
+                for p in self.scan(h.name, lid):
+                    self.bed.exec(h.name, ["kill", "-9", str(p["pid"])], timeout=10)
+
+
+def ports(n: int) -> list[int]:
+    base = 20000 + random.randrange(0, 20000)
+    return [base + i for i in range(n)]
+
+
+def by_name(snap: dict) -> dict[str, dict]:
+    return {p["name"]: p for p in snap["processes"]}
+
+
+FAST = """
+[{table}.restart]
+backoff_initial = 0.5
+backoff_max = 2.0
+stop_timeout = 5.0
+
+[{table}.health]
+interval = 0.5
+timeout = 1.0
+failure_threshold = 3
+startup_timeout = 60.0
+"""
+
+
+class InfraCluster(Cluster):
+    """A Cluster whose inventory has the launcher RUN nats and etcd on h1 (``infra`` is the
+    ``[nats]``/``[etcd]`` text that replaces the external endpoints of the base inventory)."""
+
+    def __init__(self, bed, tmp, processes: str, infra: str):
+        super().__init__(bed, tmp, processes)
+        text = self.path.read_text()
+        external = re.search(r"\[nats\]\nexternal = .*?\n\n\[etcd\]\nexternal = .*?\n", text)
+        assert external, text
+        self.path.write_text(text.replace(external.group(0), infra))
+
+
+def run_infra(nats_ports: tuple[int, int], etcd_ports: tuple[int, int]) -> str:
+    return (f"[nats]\nport = {nats_ports[0]}\nmonitor_port = {nats_ports[1]}\n" + FAST.format(table="nats")
+            + f"\n[etcd]\nclient_port = {etcd_ports[0]}\npeer_port = {etcd_ports[1]}\n" + FAST.format(table="etcd"))

@@ -1,4 +1,4 @@
-"""pytest fixtures for the test bed (scripts/testbed_lib.py, docs/testbed.md).
+"""pytest fixtures for the test bed (scripts/dltestbed.py, docs/testbed.md).
 
 Use from a conftest (registers the ``testbed`` marker as well)::
 
@@ -36,12 +36,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)
-
-import testbed_lib  # noqa: E402
-from testbed_lib import TestBed, TestBedError  # noqa: E402,F401
+import dltestbed
+from dltestbed import TestBed, TestBedError
 
 __all__ = [
     "TestBed",
@@ -72,7 +68,7 @@ def require_testbed() -> None:
     """Skip the calling test when a bed cannot be made here; under CI=true, fail instead."""
     global _prereq_cache
     if _prereq_cache is None:
-        _prereq_cache = testbed_lib.missing_prerequisites()
+        _prereq_cache = dltestbed.missing_prerequisites()
     if _prereq_cache:
         reason = "test bed unavailable: " + "; ".join(_prereq_cache)
         if in_ci():
@@ -125,7 +121,7 @@ def _install_cleanup() -> None:
 
 
 def _unique_prefix() -> str:
-    existing = set(testbed_lib.find_beds())
+    existing = set(dltestbed.find_beds())
     while True:
         prefix = "dltb" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(4))
         if prefix not in existing:

@@ -1,4 +1,4 @@
-"""The transport interface: commands, long-lived channels and uploads on one host.
+"""The transport interface: commands and long-lived channels on one host.
 
 Every command is an argv list, never a shell string. A local transport hands argv straight
 to ``exec``. Over SSH there is no way around a shell: the server runs the *user's* shell as
@@ -20,41 +20,11 @@ import shlex
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..errors import ChannelClosed, TransportError
+from ..errors import ChannelClosed
 
 __all__ = ["Channel", "Completed", "LineChannel", "Transport", "decode_line", "remote_command"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Writes stdin to argv[1] atomically: temp file in the same directory, fsync, chmod, rename,
-# fsync the directory. Run with `python -I -c` so no user site or PYTHON* variables interfere.
-_UPLOAD_PY = """\
-import os, sys, tempfile
-path, mode = sys.argv[1], int(sys.argv[2], 8)
-d = os.path.dirname(path) or "."
-os.makedirs(d, exist_ok=True)
-fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-try:
-    with os.fdopen(fd, "wb") as f:
-        while True:
-            chunk = sys.stdin.buffer.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-except BaseException:
-    os.unlink(tmp)
-    raise
-dfd = os.open(d, os.O_RDONLY)
-try:
-    os.fsync(dfd)
-finally:
-    os.close(dfd)
-"""
-
 
 def check_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` as a list of str; raises ValueError for an empty or non-string argv."""
@@ -250,19 +220,6 @@ class Transport(abc.ABC):
     async def close(self) -> None:
         """Close every channel and the connection. Idempotent; does not set ``lost``."""
 
-    async def upload(self, path: str, data: bytes, mode: int = 0o644, *, timeout: float = 120.0) -> None:
-        """Write ``data`` to ``path`` on the host atomically (temp file, fsync, rename).
-
-        Parent directories are created. Runs a tiny script with the host's python, data on
-        stdin, the path as an argument — never through a shell unquoted.
-        """
-        r = await self.run(
-            [self.python, "-I", "-c", _UPLOAD_PY, path, f"{mode & 0o7777:o}"], input=bytes(data), timeout=timeout
-        )
-        if r.code != 0:
-            why = _last_line(r.stderr) or f"exit status {r.code}"
-            raise TransportError(f"{self.describe()}: upload of {path} failed: {why}", host=self.host)
-
     async def __aenter__(self) -> "Transport":
         await self.connect()
         return self
@@ -300,8 +257,3 @@ class StderrTail:
     def text(self) -> str:
         """The kept lines joined with `` | ``."""
         return " | ".join(self._lines)
-
-
-def _last_line(data: bytes) -> str:
-    lines = data.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1].strip() if lines else ""

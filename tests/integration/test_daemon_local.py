@@ -7,8 +7,8 @@ test_daemon_testbed.py. Every test kills whatever its launch left behind, by lau
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import os
 import signal
 import time
@@ -21,7 +21,6 @@ from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.supervisor import GangState, State
 from tests.daemon_harness import free_port, kill_launch, local_inventory, scan_launch, standin_process
-
 
 
 class Harness:

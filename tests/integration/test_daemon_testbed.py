@@ -18,51 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed_daemon import BedDaemon
-from tests.daemon_harness import PY, ROOT, standin_process
-from tests.testbed_fixture import testbed  # noqa: F401  (fixture)
+from tests.bed_daemon import Cluster, by_name, ports
+from tests.daemon_harness import standin_process
 
 pytestmark = pytest.mark.testbed
-
-# Counts the processes of a launch inside a host (run there with nsenter; the tree is shared).
-_SCAN = ("import json, sys; sys.path.insert(0, sys.argv[2]); from tests.daemon_harness import scan_launch; "
-         "print(json.dumps(scan_launch(sys.argv[1])))")
-
-
-@pytest.fixture(scope="module")
-def bed(testbed):  # noqa: F811
-    return testbed(3)
-
-
-class Cluster(BedDaemon):
-    """One `dynamo-launch up` daemon for stand-in processes on the bed (keepalive 1 s × 2)."""
-
-    prefix = "tb"
-
-    def __init__(self, bed, tmp: Path, processes: str, *, known_hosts: str | None = None,
-                 keepalive: tuple[float, int] = (1.0, 2)):
-        super().__init__(bed, tmp, processes, known_hosts=known_hosts, keepalive=keepalive)
-
-    # --- the hosts -------------------------------------------------------------------------------
-    def scan(self, host: str, launch_id: str | None = None) -> list[dict]:
-        lid = launch_id or next(iter(self.launch_ids))
-        r = self.bed.exec(host, [PY, "-c", _SCAN, lid, str(ROOT)], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def scan_all(self) -> dict[str, list[dict]]:
-        return {h.name: self.scan(h.name) for h in self.bed.hosts}
-
-    def kill_on_host(self, host: str, pid: int, sig: int = signal.SIGKILL) -> None:
-        self.bed.exec(host, ["kill", f"-{sig}", str(pid)], check=True, timeout=10)
-
-    def cleanup(self) -> None:
-        self.stop_daemon()
-        for lid in self.launch_ids:
-            for h in self.bed.hosts:
-                for p in self.scan(h.name, lid):
-                    self.bed.exec(h.name, ["kill", "-9", str(p["pid"])], timeout=10)
-
 
 @pytest.fixture
 def cluster(bed, tmp_path):
@@ -76,15 +35,6 @@ def cluster(bed, tmp_path):
     yield make
     for c in made:
         c.cleanup()
-
-
-def ports(n: int) -> list[int]:
-    base = 20000 + random.randrange(0, 20000)
-    return [base + i for i in range(n)]
-
-
-def by_name(snap: dict) -> dict[str, dict]:
-    return {p["name"]: p for p in snap["processes"]}
 
 
 def test_up_status_down_over_ssh(cluster):

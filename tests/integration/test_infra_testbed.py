@@ -15,33 +15,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import socket
+import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from tests.bed_daemon import Cluster, InfraCluster, by_name, ports, run_infra
 from tests.daemon_harness import PY, standin_process
 from tests.infra import missing_launcher_servers
-from tests.integration.test_daemon_testbed import Cluster, bed, by_name, ports  # noqa: F401  (bed: fixture)
-from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
+from tests.testbed_fixture import in_ci
 
 pytestmark = pytest.mark.testbed
-
-FAST = """
-[{table}.restart]
-backoff_initial = 0.5
-backoff_max = 2.0
-stop_timeout = 5.0
-
-[{table}.health]
-interval = 0.5
-timeout = 1.0
-failure_threshold = 3
-startup_timeout = 60.0
-"""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def binaries() -> None:
@@ -51,23 +37,6 @@ def binaries() -> None:
         (pytest.fail if in_ci() else pytest.skip)("; ".join(missing) + (" (CI=true: required)" if in_ci() else ""))
 
 
-class InfraCluster(Cluster):
-    """A Cluster whose inventory has the launcher RUN nats and etcd on h1 (``infra`` is the
-    ``[nats]``/``[etcd]`` text that replaces the external endpoints of the base inventory)."""
-
-    def __init__(self, bed, tmp, processes: str, infra: str):  # noqa: F811
-        super().__init__(bed, tmp, processes)
-        text = self.path.read_text()
-        external = re.search(r"\[nats\]\nexternal = .*?\n\n\[etcd\]\nexternal = .*?\n", text)
-        assert external, text
-        self.path.write_text(text.replace(external.group(0), infra))
-
-
-def run_infra(nats_ports: tuple[int, int], etcd_ports: tuple[int, int]) -> str:
-    return (f"[nats]\nport = {nats_ports[0]}\nmonitor_port = {nats_ports[1]}\n" + FAST.format(table="nats")
-            + f"\n[etcd]\nclient_port = {etcd_ports[0]}\npeer_port = {etcd_ports[1]}\n" + FAST.format(table="etcd"))
-
-
 def dynamo_standin(name: str, port: int, **kw) -> str:
     """A stand-in marked ``dynamo = true``: it gets NATS_SERVER/ETCD_ENDPOINTS and waits for both."""
     text = standin_process(name, port, **kw)
@@ -75,7 +44,7 @@ def dynamo_standin(name: str, port: int, **kw) -> str:
 
 
 @pytest.fixture
-def infra_cluster(bed, tmp_path):  # noqa: F811
+def infra_cluster(bed, tmp_path):
     made: list[Cluster] = []
 
     def make(processes: str, infra: str | None = None) -> Cluster:
@@ -88,14 +57,14 @@ def infra_cluster(bed, tmp_path):  # noqa: F811
         c.cleanup()
 
 
-def environ(bed, host: str, pid: int) -> dict[str, str]:  # noqa: F811
+def environ(bed, host: str, pid: int) -> dict[str, str]:
     """The environment of ``pid`` on ``host``, read from /proc inside the host."""
     r = bed.exec(host, ["cat", f"/proc/{pid}/environ"], capture_output=True, timeout=10)
     assert r.returncode == 0, r.stderr
     return dict(v.split("=", 1) for v in r.stdout.decode().split("\0") if "=" in v)
 
 
-def exe(bed, host: str, pid: int) -> str:  # noqa: F811
+def exe(bed, host: str, pid: int) -> str:
     r = bed.exec(host, ["readlink", f"/proc/{pid}/exe"], capture_output=True, text=True, timeout=10)
     return r.stdout.strip()
 
@@ -122,7 +91,7 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts(infra_cluster, bed):  # noqa: F811
+def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts(infra_cluster, bed):
     n_port, n_mon, e_port, e_peer, web = ports(5)
     c = infra_cluster(dynamo_standin("web", web, hosts=["h2", "h3"]), run_infra((n_port, n_mon), (e_port, e_peer)))
     t0 = time.monotonic()
@@ -207,7 +176,7 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
     assert leftover.stdout.strip() == ""
 
 
-def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_nothing(infra_cluster, bed):  # noqa: F811
+def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_nothing(infra_cluster, bed):
     dead_nats, dead_etcd, web = ports(3)
     head = bed.host("h1").address
     infra = f'[nats]\nexternal = "nats://{head}:{dead_nats}"\n\n[etcd]\nexternal = "http://{head}:{dead_etcd}"\n'
@@ -228,7 +197,7 @@ def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_no
         assert ps.stdout.strip() == "", (h, ps.stdout)
 
 
-def test_a_second_daemon_for_the_cluster_is_refused_through_etcd(infra_cluster, bed, tmp_path):  # noqa: F811
+def test_a_second_daemon_for_the_cluster_is_refused_through_etcd(infra_cluster, bed, tmp_path):
     n_port, n_mon, e_port, e_peer, web = ports(5)
     c = infra_cluster(dynamo_standin("web", web, hosts=["h2"]), run_infra((n_port, n_mon), (e_port, e_peer)))
     c.up(timeout=120)

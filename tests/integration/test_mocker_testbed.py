@@ -39,11 +39,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.bed_daemon import FAST, InfraCluster, by_name, run_infra
 from tests.daemon_harness import PY, ROOT, wait_until
 from tests.infra import missing_launcher_servers
-from tests.integration.test_daemon_testbed import bed, by_name  # noqa: F401  (bed: fixture)
-from tests.integration.test_infra_testbed import FAST, InfraCluster, run_infra
-from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
+from tests.testbed_fixture import in_ci
 
 pytestmark = pytest.mark.testbed
 
@@ -86,7 +85,7 @@ def model() -> Iterator[str]:
 
 
 @pytest.fixture
-def mocker_cluster(bed, tmp_path):  # noqa: F811
+def mocker_cluster(bed, tmp_path):
     """``make(workers, router_mode=, frontend_args=, env=) -> InfraCluster``: the launcher runs
     NATS, etcd and the frontend on h1 (random ports below 32768, Dynamo's limit for system ports,
     and below the ephemeral range, where ZMQ and the request plane bind), plus the given
@@ -182,7 +181,7 @@ def wait_served(c: InfraCluster, model: str, want_generate: int, addresses: dict
     assert ok, (models(c.base), instances(c.base, addresses), c.log())
 
 
-def down_leaves_nothing(c: InfraCluster, bed) -> float:  # noqa: F811
+def down_leaves_nothing(c: InfraCluster, bed) -> float:
     """`down`: exit 0, the daemon exits 0, no process of the launch and no nats-server, etcd or
     Dynamo process on any host, the frontend gone. Returns how long `down` took."""
     t0 = time.monotonic()
@@ -212,7 +211,7 @@ def up_in_place(c: InfraCluster, workers: dict[str, tuple[str, str]]) -> dict[st
     return procs
 
 
-def disaggregated(mocker_cluster, model: str, bed, **kw) -> tuple[InfraCluster, dict[str, int], float]:  # noqa: F811
+def disaggregated(mocker_cluster, model: str, bed, **kw) -> tuple[InfraCluster, dict[str, int], float]:
     """Bring up the 405B layout (decode on h1, prefill on h2 and h3) and check it serves: every
     process READY where the plan puts it, ``/health`` listing exactly what Dynamo 1.6.1 registers,
     a chat completion through a prefill and the decode worker, a streamed completion. Returns the
@@ -284,7 +283,7 @@ class KillRun:
         return sum(1 for _, code, what in self.log if code == 200 and what == str(instance_id))
 
 
-def kill_prefill_under_load(c: InfraCluster, model: str, bed, old_id: int, *, budget: float = 45.0,  # noqa: F811
+def kill_prefill_under_load(c: InfraCluster, model: str, bed, old_id: int, *, budget: float = 45.0,
                             settle: int = 30) -> KillRun:
     """kill -9 prefill-0 on h2 (inside h2) and send chat requests one after the other until the
     launcher has it READY again, its new instance is listed, the old one is gone, and ``settle``
@@ -343,7 +342,7 @@ def kill_prefill_under_load(c: InfraCluster, model: str, bed, old_id: int, *, bu
 
 # --- the tests ----------------------------------------------------------------------------------------
 
-def test_disaggregated_405b_layout_on_three_hosts_survives_a_prefill_kill(mocker_cluster, model, bed):  # noqa: F811
+def test_disaggregated_405b_layout_on_three_hosts_survives_a_prefill_kill(mocker_cluster, model, bed):
     t0 = time.monotonic()
     c, ids, _ = disaggregated(mocker_cluster, model, bed)
     run = kill_prefill_under_load(c, model, bed, ids["h2"])
@@ -361,7 +360,7 @@ def test_disaggregated_405b_layout_on_three_hosts_survives_a_prefill_kill(mocker
     print(f"down: {took:.1f}s; total {time.monotonic() - t0:.1f}s")
 
 
-def test_disaggregated_with_migration_and_a_short_lease_loses_no_request(mocker_cluster, model, bed):  # noqa: F811
+def test_disaggregated_with_migration_and_a_short_lease_loses_no_request(mocker_cluster, model, bed):
     """The two knobs docs/multinode.md recommends: the frontend retries a request whose worker
     cannot be reached on another one (``--migration-limit``), and workers hold a 5 s etcd lease
     (``ETCD_LEASE_TTL``), so a dead worker leaves the routing tables within seconds."""
@@ -378,7 +377,7 @@ def test_disaggregated_with_migration_and_a_short_lease_loses_no_request(mocker_
 
 # --- the aggregated layout ----------------------------------------------------------------------------
 
-def test_aggregated_kv_routing_on_two_hosts_reuses_the_cache(mocker_cluster, model, bed):  # noqa: F811
+def test_aggregated_kv_routing_on_two_hosts_reuses_the_cache(mocker_cluster, model, bed):
     addresses = {h.address: h.name for h in bed.hosts}
     c = mocker_cluster(mocker_group("agg", "aggregated", model, ["h2", "h3"]))
     t0 = time.monotonic()

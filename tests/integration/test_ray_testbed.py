@@ -43,7 +43,7 @@ import pytest
 
 from tests.bed_daemon import DL, BedDaemon
 from tests.daemon_harness import PY, ROOT, STANDIN, wait_until
-from tests.testbed_fixture import in_ci, testbed  # noqa: F401  (fixture)
+from tests.testbed_fixture import in_ci
 
 pytestmark = pytest.mark.testbed
 
@@ -202,7 +202,7 @@ def require_ray() -> None:
 
 
 @pytest.fixture(scope="module")
-def bed(testbed):  # noqa: F811
+def bed(testbed):
     require_ray()
     return testbed(3)
 

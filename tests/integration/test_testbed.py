@@ -17,13 +17,10 @@ import tomllib
 
 import pytest
 
+import dltestbed.bed as testbed_lib
+from tests.testbed_fixture import TestBed, in_ci, live_prefixes, require_testbed
+
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.testbed_fixture import TestBed, in_ci, live_prefixes, require_testbed, testbed  # noqa: E402,F401
-
-import testbed_lib  # noqa: E402  (on sys.path thanks to tests.testbed_fixture)
 
 pytestmark = pytest.mark.testbed
 

@@ -44,8 +44,7 @@ from dynamo_launch.errors import (
 from dynamo_launch.model import SshSettings
 from dynamo_launch.plan.spec import PlanHost
 from dynamo_launch.transport import AgentClient, SshTransport
-from tests.testbed_fixture import in_ci, require_testbed, testbed  # noqa: F401  (fixture)
-from tests.unit.test_transport_local import ECHO_ARGV, FAKE_AGENT, HOSTILE
+from tests.transport_cases import ECHO_ARGV, FAKE_AGENT, HOSTILE
 
 PY = sys.executable  # test bed hosts share this machine's filesystem
 AGENT = Path(__file__).resolve().parents[2] / "dynamo_launch" / "agent.py"
@@ -186,7 +185,7 @@ def inproc_sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bed(testbed):  # noqa: F811
+def bed(testbed):
     return testbed(1)
 
 
@@ -320,20 +319,6 @@ def test_channel_line_io_and_close_kills_a_lingering_process(endpoint):
     arun(go())
     time.sleep(0.2)
     assert endpoint.exec(["pgrep", "-f", marker], capture_output=True, text=True).stdout.strip() == ""
-
-
-def test_upload_is_atomic_with_mode(endpoint, shared_tmp):
-    target = shared_tmp / "deep" / "er" / "file 'x'.py"
-
-    async def go():
-        async with SshTransport(endpoint.plan_host()) as t:
-            await t.upload(str(target), b"print(1)\n" * 10_000, 0o750)
-            r = await t.run(["stat", "-c", "%a %s", str(target)])
-            assert r.stdout.decode().split() == ["750", str(9 * 10_000)]
-
-    arun(go())
-    assert target.read_bytes() == b"print(1)\n" * 10_000
-    assert os.listdir(target.parent) == [target.name]
 
 
 # ---- host keys ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pytest
 from dynamo_launch.agent import child_path
 from dynamo_launch.errors import AgentError
 from dynamo_launch.transport import AgentClient, LocalTransport
-from tests.unit.test_transport_local import HOSTILE, arun, local_host
+from tests.transport_cases import HOSTILE, arun, local_host
 
 PY = sys.executable
 

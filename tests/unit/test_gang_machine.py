@@ -12,10 +12,36 @@ from hypothesis import strategies as st
 from dynamo_launch.errors import IllegalTransition
 from dynamo_launch.model import Restart
 from dynamo_launch.plan.spec import Gang
-from dynamo_launch.supervisor import (GANG_TABLE, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine,
-                                      GangState, HostBack, HostLost, Kill, MachineConfig, MemberDown,
-                                      MemberReady, MemberStopped, Notify, ProbeResult, ProcessMachine, SetTimer, Spawn,
-                                      Spawned, Start, StartMember, StartProbes, State, Stop, StopMember, TimerFired)
+from dynamo_launch.supervisor import (
+    GANG_TABLE,
+    CancelTimer,
+    ClearFailed,
+    DepsReady,
+    Exited,
+    GangAdopted,
+    GangMachine,
+    GangState,
+    HostBack,
+    HostLost,
+    Kill,
+    MachineConfig,
+    MemberDown,
+    MemberReady,
+    MemberStopped,
+    Notify,
+    ProbeResult,
+    ProcessMachine,
+    SetTimer,
+    Spawn,
+    Spawned,
+    Start,
+    StartMember,
+    StartProbes,
+    State,
+    Stop,
+    StopMember,
+    TimerFired,
+)
 
 G = GangState
 FAST = Restart(backoff_initial=1.0, backoff_max=8.0, reset_after=600.0, max_restarts=3, restart_window=600.0,

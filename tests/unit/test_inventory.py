@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from dynamo_launch import reader as reader_module
+from dynamo_launch.addresses import split_hostport
 from dynamo_launch.cli import main
 from dynamo_launch.errors import InventoryError
-from dynamo_launch.addresses import split_hostport
 from dynamo_launch.load import load_plan, plan_text
 from dynamo_launch.model import Inventory, SecretRef, SshSettings
 from dynamo_launch.placement import place
 from dynamo_launch.plan import build
+from tests.inventory_keys import EVERY_SECTION, accepted_keys
 
 
 def parse(text: str, source: str = "inventory.toml") -> Inventory:
@@ -36,81 +36,6 @@ EXAMPLES = sorted(ROOT.glob("examples/*.toml")) + [ROOT / "inventory.example.tom
 
 # An inventory that uses every section and sub-table the loader reads, so that walking it
 # shows every table the loader opens and the keys it allows there.
-EVERY_SECTION = """
-[cluster]
-name = "c"
-head = "node1"
-
-[ssh]
-user = "dynamo"
-
-[env]
-HF_HOME = "/models"
-
-[[hosts]]
-name = "node1"
-address = "10.0.0.1"
-gpus = 8
-labels = { rack = "a" }
-[hosts.ssh]
-port = 2222
-
-[nats]
-[nats.restart]
-[nats.health]
-
-[etcd]
-[etcd.restart]
-[etcd.health]
-
-[frontend]
-env = { A = "1" }
-[frontend.restart]
-[frontend.health]
-
-[[workers]]
-name = "w"
-backend = "mocker"
-model = "m"
-hosts = ["node1"]
-env = { A = "1" }
-[workers.restart]
-[workers.health]
-
-[ray]
-head = "node1"
-env = { A = "1" }
-[ray.restart]
-[ray.health]
-
-[[processes]]
-name = "p"
-host = "node1"
-command = ["true"]
-env = { A = "1" }
-[processes.restart]
-[processes.health]
-"""
-
-
-def accepted_keys() -> dict[str, frozenset[str] | None]:
-    """Every table the loader reads, as a dotted section name (``workers.health``), and the keys
-    it accepts there (``None``: any key, e.g. ``env``), found by watching the loader's Reader."""
-    seen: dict[str, frozenset[str] | None] = {}
-    original = reader_module.Reader.table
-
-    def spy(self: Any, raw: Any, path: tuple, allowed: set[str] | None) -> dict[str, Any]:
-        section = ".".join(p for p in path if isinstance(p, str))
-        if allowed is not None or section not in seen:  # [cluster] is opened twice, once with None
-            seen[section] = frozenset(allowed) if allowed is not None else None
-        return original(self, raw, path, allowed)
-
-    reader_module.Reader.table = spy  # type: ignore[method-assign]
-    try:
-        parse(EVERY_SECTION, "inv.toml")
-    finally:
-        reader_module.Reader.table = original  # type: ignore[method-assign]
-    return seen
 
 
 # -- helpers -------------------------------------------------------------------------------

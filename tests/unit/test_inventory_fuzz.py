@@ -27,8 +27,7 @@ from dynamo_launch.cli import main
 from dynamo_launch.errors import InventoryError
 from dynamo_launch.load import plan_text
 from dynamo_launch.model import Inventory
-
-from .test_inventory import accepted_keys
+from tests.inventory_keys import accepted_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(ROOT.glob("examples/*.toml")) + [ROOT / "inventory.example.toml"]

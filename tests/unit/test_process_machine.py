@@ -8,13 +8,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamo_launch.model import Restart, RestartPolicy
 from dynamo_launch.errors import IllegalTransition
+from dynamo_launch.model import Restart, RestartPolicy
 from dynamo_launch.plan.spec import Probe, ProbeKind, ProcessSpec
-from dynamo_launch.supervisor import (TABLE, Adopted, CancelTimer, ClearFailed, DepsReady, Exited, HostBack, HostLost,
-                                      Kill, MachineConfig, MemberDown, Notify, ProbeResult,
-                                      ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartProbes, State,
-                                      Stop, StopProbes, TimerFired)
+from dynamo_launch.supervisor import (
+    TABLE,
+    Adopted,
+    CancelTimer,
+    ClearFailed,
+    DepsReady,
+    Exited,
+    HostBack,
+    HostLost,
+    Kill,
+    MachineConfig,
+    MemberDown,
+    Notify,
+    ProbeResult,
+    ProcessMachine,
+    SetTimer,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    StartProbes,
+    State,
+    Stop,
+    StopProbes,
+    TimerFired,
+)
 
 S = State
 FAST = Restart(backoff_initial=1.0, backoff_max=8.0, reset_after=600.0, max_restarts=5, restart_window=600.0,

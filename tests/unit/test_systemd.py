@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from dynamo_launch import systemd_unit
 from dynamo_launch.cli import main
 from dynamo_launch.errors import DynamoLaunchError, InventoryError
-from dynamo_launch.sdnotify import Notifier, watchdog_interval
 from dynamo_launch.load import load_plan
+from dynamo_launch.sdnotify import Notifier, watchdog_interval
 from dynamo_launch.systemd_unit import instance, render_unit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from dynamo_launch.errors import AgentError, ChannelClosed, CommandTimeout, TransportError
+from dynamo_launch.errors import AgentError, ChannelClosed, CommandTimeout
 from dynamo_launch.model import SshSettings
 from dynamo_launch.plan.spec import PlanHost
 from dynamo_launch.transport import (
@@ -22,62 +21,16 @@ from dynamo_launch.transport import (
     make_transport,
     remote_command,
 )
+from tests.transport_cases import ECHO_ARGV, FAKE_AGENT, arun, hostile, local_host
 
 PY = sys.executable
 AGENT = Path(__file__).resolve().parents[2] / "dynamo_launch" / "agent.py"
 
 # Each hostile string must reach argv unchanged and nothing in it may ever be evaluated.
-HOSTILE = ["a b", "; $(touch {pwned}) `touch {pwned}`", "'", '"', "\\", "$HOME", "*", "", "x\ny", "--", "-c", "é ☃"]
-
-ECHO_ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
 
-def arun(coro, timeout: float = 20):
-    """Run ``coro`` to completion on a fresh loop (no pytest-asyncio here)."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def hostile(tmp_path: Path) -> list[str]:
-    return [s.format(pwned=tmp_path / "pwned") for s in HOSTILE]
-
-
-# A stand-in speaking the agent protocol (docs/internals.md), for what must hold with any agent.
-FAKE_AGENT = r'''
-import json, os, subprocess, sys, threading, time
-write_lock = threading.Lock()
-def send(msg):
-    with write_lock:
-        sys.stdout.write(json.dumps(msg) + "\n"); sys.stdout.flush()
-def watch(name, proc):
-    code = proc.wait()
-    send({"event": "exit", "name": name, "pid": proc.pid, "code": code if code >= 0 else None,
-          "signal": -code if code < 0 else None, "at": time.time()})
-print("fake agent up", file=sys.stderr, flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    rid, op = req["id"], req["op"]
-    if op == "hello":
-        send({"id": rid, "ok": True, "result": {"pid": os.getpid(), "argv": sys.argv[1:], "version": "fake"}})
-    elif op == "ping":
-        send({"id": rid, "ok": True, "result": {"time": time.time()}})
-    elif op == "echo":
-        send({"id": rid, "ok": True, "result": {k: v for k, v in req.items() if k not in ("id", "op")}})
-    elif op == "spawn":
-        p = subprocess.Popen(req["argv"])
-        threading.Thread(target=watch, args=(req["name"], p), daemon=True).start()
-        send({"id": rid, "ok": True, "result": {"pid": p.pid}})
-    elif op == "slow":
-        continue  # never answers
-    elif op == "die":
-        print("dying on request", file=sys.stderr, flush=True)
-        os._exit(3)
-    else:
-        send({"id": rid, "ok": False, "error": "unknown op " + op, "kind": "bad-request"})
-'''
-
-
-def local_host(**kw) -> PlanHost:
-    return PlanHost(name=kw.pop("name", "head"), address="127.0.0.1", local=True, ssh=SshSettings(), python=PY, **kw)
 
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -238,32 +191,6 @@ def test_transport_close_closes_channels():
         assert ch.returncode is not None and not t.connected
 
     arun(go())
-
-
-# ---- upload ------------------------------------------------------------------------------------
-def test_upload_creates_parents_sets_mode_and_replaces_atomically(tmp_path):
-    target = tmp_path / "a" / "b c" / "file;$(x).bin"
-
-    async def go():
-        t = LocalTransport()
-        await t.upload(str(target), b"one\x00" * 1000, 0o600)
-        assert target.read_bytes() == b"one\x00" * 1000
-        assert stat.S_IMODE(target.stat().st_mode) == 0o600
-        with open(target, "rb") as old:  # a reader of the old version keeps it whole
-            await t.upload(str(target), b"two", 0o755)
-            assert old.read() == b"one\x00" * 1000
-        assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o755
-        await t.upload(str(target), b"", 0o644)
-        assert target.read_bytes() == b""
-
-    arun(go())
-    assert sorted(p.name for p in target.parent.iterdir()) == [target.name], "no temp files left behind"
-
-
-def test_upload_failure_is_a_transport_error(tmp_path):
-    (tmp_path / "f").write_text("a file, not a directory")
-    with pytest.raises(TransportError, match=r"head \(local\): upload of .* failed: .*Error"):
-        arun(LocalTransport(local_host()).upload(str(tmp_path / "f" / "x"), b"data"))
 
 
 def test_make_transport_picks_by_host():

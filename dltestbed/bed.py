@@ -1,7 +1,7 @@
 """Test bed: N fake "hosts" on this machine, each with its own network, PID and mount
 namespace and its own OpenSSH server, on a private Linux bridge (DESIGN.md section 5).
 
-Standard library only, no project imports: the CLI ``scripts/testbed`` wraps this module, and
+Standard library only, no project imports: ``python -m dltestbed`` (``scripts/testbed``) wraps this module, and
 tests/benchmarks import it (``tests/testbed_fixture.py``).  Needs root, ``ip`` (iproute2),
 ``unshare``/``nsenter``/``mount`` (util-linux) and OpenSSH (``sshd``, ``ssh``, ``ssh-keygen``).
 
