@@ -5,24 +5,7 @@ Standard library only and independent of ``dynamo_launch``: tests and benchmarks
 ``scripts/testbed`` (``python -m dltestbed``) is its command line.
 """
 
-from .bed import (
-                  DEFAULT_PREFIX,
-                  DEFAULT_SUBNET,
-                  Host,
-                  TestBed,
-                  TestBedError,
-                  default_dir,
-                  find_beds,
-                  missing_prerequisites,
-)
+from . import bed
+from .bed import *  # noqa: F403  (the library's public names, listed in bed.__all__)
 
-__all__ = [
-    "DEFAULT_PREFIX",
-    "DEFAULT_SUBNET",
-    "Host",
-    "TestBed",
-    "TestBedError",
-    "default_dir",
-    "find_beds",
-    "missing_prerequisites",
-]
+__all__ = list(bed.__all__)

@@ -25,10 +25,6 @@ __all__ = ["ControlServer", "find_socket", "request", "runtime_dir", "socket_pat
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-
-
-
-
 def runtime_dir() -> str:
     """``/run/dynamo-launch`` for root, ``$XDG_RUNTIME_DIR/dynamo-launch`` (or /tmp) otherwise."""
     override = os.environ.get("DYNAMO_LAUNCH_RUNTIME_DIR")

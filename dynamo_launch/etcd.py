@@ -21,8 +21,6 @@ __all__ = ["KV", "EtcdClient", "parse_endpoints"]
 MAX_TXN_OPS = 100  # etcd's default --max-txn-ops is 128
 
 
-
-
 @dataclass(frozen=True)
 class KV:
     """One key as read from etcd (key and value decoded/raw as given)."""

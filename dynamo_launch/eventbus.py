@@ -57,8 +57,6 @@ log = structlog.get_logger("dynamo_launch.eventbus")
 MAX_EVENT_BYTES = 512 * 1024  # nats-server's default max_payload is 1 MiB
 
 
-
-
 def subject_for(cluster: str) -> str:
     """The NATS subject a cluster's events are published on."""
     if not cluster or any(c in cluster for c in " .*>\t\r\n"):
@@ -78,7 +76,6 @@ def _describe(e: BaseException) -> str:
 
 async def _quiet(*_: Any) -> None:
     """nats-py callback that does nothing (we log state changes ourselves, once)."""
-
 
 
 _AUTH_OPTIONS = {"NATS_AUTH_TOKEN": "token", "NATS_AUTH_USERNAME": "user", "NATS_AUTH_PASSWORD": "password"}

@@ -75,10 +75,6 @@ log = structlog.get_logger("dynamo_launch.mirror")
 ROOT = "/dynamo-launch"
 
 
-
-
-
-
 # --- the mirror -------------------------------------------------------------------------------------------
 
 
@@ -102,7 +98,6 @@ def _fingerprint(key: str, raw: bytes) -> bytes:
         return _canonical(_stable(key, json.loads(raw)))
     except ValueError:
         return raw
-
 
 
 class Mirror:

@@ -182,8 +182,6 @@ def _check_workers(inv: Inventory, r: Reader) -> None:
             r.problem(path + ("data_parallel_size",), "data_parallel_size does not work with executor = 'ray' (one engine over a Ray cluster); use executor = 'mp'")
 
 
-
-
 _PROBED = {
     "nats": ("auto",),
     "etcd": ("auto",),
@@ -217,10 +215,6 @@ def _check_health(inv: Inventory, r: Reader) -> None:
                             ("path", kind != "frontend" and health.path != Health.path)):  # fmt: skip
             if unused and health.check in _PROBED[kind]:
                 r.problem(path + (key,), f"is not used here: {_HOW[kind]}")
-
-
-
-
 
 
 def _under(key: str, *sections: str) -> bool:

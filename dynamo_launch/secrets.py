@@ -17,8 +17,6 @@ from .plan.spec import Env
 __all__ = ["check", "resolve"]
 
 
-
-
 def _value(ref: SecretRef, environ: Mapping[str, str]) -> str:
     if ref.kind == "env":
         if ref.ref not in environ:

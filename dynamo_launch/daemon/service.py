@@ -56,10 +56,6 @@ __all__ = ["Daemon", "StopReport"]
 log = structlog.get_logger("dynamo_launch.daemon")
 
 
-
-
-
-
 @dataclass
 class StopReport:
     """What a stop did: processes stopped, those that could not be verified, strays killed."""

@@ -60,8 +60,6 @@ ProbeSet = Literal["readiness", "liveness"]
 """Which probe set a result or a StartProbes action is about."""
 
 
-
-
 # --- events shared by both machines -----------------------------------------------------------
 
 

@@ -324,7 +324,6 @@ def test_strange_keys_are_quoted_on_one_line() -> None:
     ]
 
 
-
 def test_strange_names_stay_on_one_line() -> None:
     text = HEAD.replace('head = "node1"', 'head = "a\\nb"').replace("gpus = 8\n\n[[hosts]]", "gpus = 8\nlocal = true\n\n[[hosts]]")
     assert problems(text) == [

@@ -29,10 +29,6 @@ AGENT = Path(__file__).resolve().parents[2] / "dynamo_launch" / "agent.py"
 # Each hostile string must reach argv unchanged and nothing in it may ever be evaluated.
 
 
-
-
-
-
 # ---- run ---------------------------------------------------------------------------------------
 def test_run_exit_code_stdout_stderr():
     async def go():
