@@ -169,6 +169,7 @@ def down(inventory: str, timeout: float) -> None:
             logs.configure(json_output=None)
             report = asyncio.run(_down_directly(Daemon(plan, inv, inventory)))
             stopped, unknown, leftovers = report.stopped, report.unknown, report.leftovers
+            control.remove_stale(control.socket_path(plan.cluster))  # a crashed daemon's
     except DynamoLaunchError as e:
         _fail(str(e))
     _report_stop(stopped, unknown, leftovers)

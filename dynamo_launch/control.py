@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from .errors import ControlError, DynamoLaunchError, NoDaemon
 if TYPE_CHECKING:  # asyncio only for the daemon's server: the CLI's requests are plain blocking sockets
     import asyncio
 
-__all__ = ["ControlServer", "find_socket", "request", "runtime_dir", "socket_path"]
+__all__ = ["ControlServer", "find_socket", "remove_stale", "request", "runtime_dir", "socket_path"]
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -55,6 +56,30 @@ def find_socket(cluster: str | None = None) -> str:
         names = ", ".join(os.path.basename(p)[: -len(".sock")] for p in found)
         raise ControlError(f"several clusters are running ({names}); name one: --cluster NAME")
     return found[0]
+
+
+def remove_stale(path: str) -> bool:
+    """Remove ``path`` when it is a control socket nobody listens on (a daemon that died without
+    cleaning up) and it belongs to this user; True when it was removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        return False  # not ours to remove
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return False  # a daemon answers: not stale
+    except ConnectionRefusedError:
+        pass
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
 
 
 def request(path: str, op: str, /, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:

@@ -130,13 +130,17 @@ class Runner:
 
     async def ping(self, timeout: float) -> bool:
         """True when the event loop applies a queued marker within ``timeout`` (watchdog)."""
-        done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((("ping", ""), done))
         try:
-            await asyncio.wait_for(done, timeout)
+            await asyncio.wait_for(self.settle(), timeout)
             return True
         except asyncio.TimeoutError:
             return False
+
+    async def settle(self) -> None:
+        """Return once every event queued before this call has been applied."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((("ping", ""), done))
+        await done
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until ``condition()`` holds (checked after every applied event); False on timeout."""
@@ -193,6 +197,10 @@ class Runner:
             units = [u for u, lv in levels.items() if lv == level]
             for kind, name in units:
                 self.post((kind, name), Stop(reason))
+            # Before judging "stopped": every event queued so far must have been applied. Without
+            # a daemon (`down`), the machines of adopted processes are still in their first state,
+            # STOPPED, until their Adopted events are applied, and the wait would end at once.
+            await self.settle()
             names = [n for kind, name in units for n in (self.gangs[name].members if kind == "gang" else (name,))]
             limit = timeout or max(self.procs[n].spec.restart.stop_timeout for n in names) + 15
             await self.wait_for(lambda: all(self.procs[n].machine.state in (State.STOPPED, State.UNKNOWN)

@@ -43,6 +43,11 @@ class Harness:
         self.serving = asyncio.create_task(d.serve(control=False))
         return d
 
+    async def until_up(self) -> Daemon:
+        d = await self.up()
+        await self.until(self.all_up)
+        return d
+
     async def crash_daemon(self) -> None:
         """Drop the daemon as kill -9 would: nothing is stopped, nothing is cleaned."""
         assert self.daemon is not None and self.serving is not None
@@ -219,6 +224,30 @@ def test_daemon_crash_and_restart_adopts_without_restarting(harness):
         await h.down()
 
     arun(go())
+
+
+def test_down_without_a_daemon_stops_in_reverse_order_with_each_stage_s_grace(harness, tmp_path):
+    """After a daemon crash, `down` (no daemon) TERMs the dependent first, waits for it to exit, then
+    what it depended on; nothing is KILLed while it shuts down within its stop_timeout."""
+    log = tmp_path / "term.log"
+    a, b = free_port(), free_port()
+    drain = ["--term-log", str(log), "--term-delay", "0.5"]
+    h = harness(standin_process("base", a, host="local", bind="127.0.0.1", extra=drain)
+                + standin_process("top", b, host="local", bind="127.0.0.1", depends_on=["base"], extra=drain))
+
+    async def go():
+        await h.until_up()
+        await h.crash_daemon()
+        d = Daemon(h.plan, h.inv, str(h.path))
+        report = await d.down()
+        assert report.clean and sorted(report.stopped) == ["base", "top"]
+
+    arun(go())
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [(int(port), what) for port, what, _ in events] == [(b, "TERM"), (b, "EXIT"), (a, "TERM"), (a, "EXIT")]
+    times = [float(t) for _, _, t in events]
+    assert times[2] >= times[1], "base was asked to stop before top had exited"
+    assert times[1] - times[0] >= 0.5 and times[3] - times[2] >= 0.5, "a stage was cut short"
 
 
 def test_hostile_strings_reach_argv_unchanged(harness, tmp_path):

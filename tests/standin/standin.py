@@ -1,12 +1,15 @@
 """A stand-in for a GPU engine in supervision tests (stdlib only, runs on test-bed hosts).
 
     python standin.py --port 8001 [--bind ADDR] [--ready-after SECONDS] [--crash-after SECONDS]
-                      [--exit-code N] [--argv-file PATH] [-- anything...]
+                      [--exit-code N] [--argv-file PATH] [--term-log PATH [--term-delay SECONDS]]
+                      [-- anything...]
 
 Serves HTTP on the port: ``/health`` answers 200 once ready (503 before, or
 after ``/unhealthy``); ``/crash?code=N`` exits with code N; ``/hang`` keeps
 the process alive but stops answering; ``/pid`` returns the pid. With
-``--argv-file`` it writes its own argv as JSON (for argv pass-through tests).
+``--argv-file`` it writes its own argv as JSON (for argv pass-through tests). With ``--term-log``
+a SIGTERM appends ``<port> TERM <time>`` to that file, takes ``--term-delay`` seconds to shut
+down (as an engine draining its requests would), appends ``<port> EXIT <time>`` and exits 0.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import http.server
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,6 +32,8 @@ def main() -> None:
     parser.add_argument("--crash-after", type=float, default=None)
     parser.add_argument("--exit-code", type=int, default=1)
     parser.add_argument("--argv-file", default=None)
+    parser.add_argument("--term-log", default=None)
+    parser.add_argument("--term-delay", type=float, default=0.0)
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
     if args.argv_file:
@@ -73,6 +79,16 @@ def main() -> None:
     server.daemon_threads = True
     if args.crash_after is not None:
         threading.Timer(args.crash_after, lambda: os._exit(args.exit_code)).start()
+    if args.term_log:
+        def on_term(signum: int, frame: object) -> None:
+            with open(args.term_log, "a") as f:
+                f.write(f"{args.port} TERM {time.time():.6f}\n")
+            time.sleep(args.term_delay)
+            with open(args.term_log, "a") as f:
+                f.write(f"{args.port} EXIT {time.time():.6f}\n")
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
     print(f"standin pid={os.getpid()} port={args.port}", flush=True)
     server.serve_forever()
 

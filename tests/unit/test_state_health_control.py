@@ -157,3 +157,21 @@ def test_control_socket_owner_only_request_reply_and_errors(tmp_path: Path, monk
     Path(path).touch()  # a stale socket file left by a crashed daemon
     with pytest.raises(control.NoDaemon, match="stale"):
         control.request(path, "status")
+
+
+def test_a_stale_control_socket_is_removed_only_when_nobody_listens(tmp_path: Path) -> None:
+    import socket
+
+    path = str(tmp_path / "c.sock")
+    assert control.remove_stale(path) is False  # nothing there
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(path)
+    live.listen()
+    try:
+        assert control.remove_stale(path) is False and os.path.exists(path)  # a daemon answers
+    finally:
+        live.close()  # as a crashed daemon leaves it: the file stays, nobody listens
+    assert os.path.exists(path) and control.remove_stale(path) is True and not os.path.exists(path)
+    plain = tmp_path / "not-a-socket.sock"
+    plain.write_text("")
+    assert control.remove_stale(str(plain)) is False and plain.exists()  # not a socket: not ours to judge
