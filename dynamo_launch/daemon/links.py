@@ -5,6 +5,12 @@ A link turns everything that can go wrong with a host into two signals for the r
 agent crash) and ``on_back(host, records)`` once a new agent answers again, with the
 agent's process records so the runner can reconcile. Agent events (exits) go to
 ``on_event(host, event)``. Reconnecting never starts anything: it only reports.
+
+A heartbeat (an agent ``ping`` every second) finds a silent host in a few seconds instead of
+SSH keepalive's window; :meth:`HostLink.confirm` asks the same question just before the runner
+acts on a host (a stop, a kill). A host that does not answer is *suspected*: its connection is
+aborted — whatever was queued for it is discarded, never delivered late when the link heals —
+and it is lost until a new agent answers.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ OnEvent = Callable[[str, dict[str, Any]], None]
 OnLost = Callable[[str, str], None]
 OnBack = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
+HEARTBEAT_INTERVAL = 1.0  # seconds between pings (at most the SSH keepalive interval)
+HEARTBEAT_TIMEOUT = 2.0  # a ping unanswered this long is missed
+HEARTBEAT_MISSES = 2  # missed in a row: the host is suspected lost
+CONFIRM_TIMEOUT = 3.0  # before acting on a host: the ping must come back within this
+
 
 class HostLink:
     """The daemon's hold on one host. ``up`` is True while its agent answers."""
@@ -46,6 +57,7 @@ class HostLink:
         self._on_event, self._on_lost, self._on_back = on_event, on_lost, on_back
         self._retry_max = retry_max
         self._pump: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
         self._reconnect: asyncio.Task | None = None
         self._closing = False
         self._log = log.bind(host=host.name)
@@ -58,6 +70,7 @@ class HostLink:
         hello = await agent.start(timeout=timeout)
         self.agent, self.boot_id, self.up, self.last_error = agent, str(hello.get("boot_id", "")), True, ""
         self._pump = asyncio.create_task(self._pump_events(agent), name=f"agent-events-{self.name}")
+        self._heartbeat = asyncio.create_task(self._beat(agent), name=f"heartbeat-{self.name}")
 
     async def call(self, op: str, /, timeout: float = 30.0, **kwargs: Any) -> Any:
         """A request to the agent; :class:`TransportError` when the host is not up."""
@@ -66,6 +79,29 @@ class HostLink:
                                  host=self.name)
         return await self.agent.call(op, timeout=timeout, **kwargs)
 
+    async def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> bool:
+        """True when the host's agent answers a ping within ``timeout`` now: the link is known to
+        be up. Otherwise the host is suspected lost (:meth:`suspect`) and False is returned."""
+        if not self.up or self.agent is None:
+            return False
+        agent = self.agent
+        try:
+            await agent.call("ping", timeout=timeout)
+            return True
+        except TransportError as e:
+            await self.suspect(f"no answer to a ping within {timeout:g}s ({e})", agent)
+            return False
+
+    async def suspect(self, why: str, agent: AgentClient | None = None) -> None:
+        """Treat the host as lost now (its processes become UNKNOWN): abort its connection so that
+        nothing queued for it is delivered late, and reconnect. ``agent``: only if it is still
+        the current one (a newer connection is not judged by an older one's silence)."""
+        if not self.up or (agent is not None and agent is not self.agent):
+            return
+        self._lost(why)
+        with contextlib.suppress(Exception):
+            await self.transport.abort()
+
     async def records(self) -> list[dict[str, Any]]:
         """The agent's process records (``list``), each with ``alive``."""
         return list(await self.call("list", timeout=30.0))
@@ -73,7 +109,7 @@ class HostLink:
     async def close(self) -> None:
         """Stop the agent and the connection; the processes on the host keep running."""
         self._closing = True
-        for task in (self._reconnect, self._pump):
+        for task in (self._reconnect, self._pump, self._heartbeat):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -95,6 +131,20 @@ class HostLink:
         if self._closing:
             return
         self._lost(why)
+
+    async def _beat(self, agent: AgentClient) -> None:
+        interval = min(HEARTBEAT_INTERVAL, self.host.ssh.keepalive_interval)
+        missed = 0
+        while self.up and self.agent is agent and not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                await agent.call("ping", timeout=max(HEARTBEAT_TIMEOUT, 2 * interval))
+                missed = 0
+            except TransportError as e:
+                missed += 1
+                if missed >= HEARTBEAT_MISSES:
+                    await self.suspect(f"no answer to {missed} pings in a row ({e})", agent)
+                    return
 
     def _lost(self, why: str) -> None:
         if not self.up:

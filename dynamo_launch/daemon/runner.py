@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from .. import secrets
-from ..errors import AgentError, DynamoLaunchError, IllegalTransition, TransportError
+from ..errors import AgentError, CommandTimeout, DynamoLaunchError, IllegalTransition, TransportError
 from ..plan.spec import Gang, Plan, Probe, ProbeKind, ProcessSpec
 from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
                           HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult,
@@ -35,6 +35,7 @@ log = structlog.get_logger("dynamo_launch.runner")
 
 LOG_MAX_BYTES = 64 << 20  # per log file before rotation
 LOG_BACKUPS = 3
+SIGNAL_TIMEOUT = 5.0  # an agent answers a signal request at once; silence means the link stalled
 UP_STATES = (State.READY, State.RUNNING)
 Target = tuple[str, str]  # ("proc" | "gang", name)
 
@@ -478,14 +479,27 @@ class Runner:
             self.post(("proc", p.name), SpawnFailed(why))
 
     async def _kill(self, p: Proc, signal: str) -> None:
-        rec = p.record
+        """Send ``signal`` to ``p``'s copy, only over a link known to be up at that moment."""
+        rec, link = p.record, self.links[p.spec.host]
         if rec is None:
             return
+        # A request written into a stalled connection would be delivered when the link heals,
+        # killing a healthy process long after anyone decided to. So the host must answer first;
+        # if it does not, it is suspected lost (its processes become UNKNOWN) and nothing is sent.
+        if not await link.confirm():
+            self.log.warning("signal not sent: host unreachable", process=p.name, signal=signal, host=p.spec.host)
+            return
         try:
-            await self.links[p.spec.host].call("signal", name=p.name, pid=int(rec["pid"]),
-                                               start_time=rec.get("start_time"), signal=signal)
+            answer = await link.call("signal", timeout=SIGNAL_TIMEOUT, name=p.name, pid=int(rec["pid"]),
+                                     start_time=rec.get("start_time"), signal=signal)
+        except CommandTimeout as e:  # went silent after the ping: drop the connection, and the request with it
+            await link.suspect(f"no answer to {signal} for {p.name}: {e}")
+            return
         except DynamoLaunchError as e:  # host lost: HostLost follows; agent error: the exit never comes
             self.log.warning("signal failed", process=p.name, signal=signal, error=str(e))
+            return
+        if not (answer or {}).get("sent"):
+            self.log.info("signal not needed: the process had already ended", process=p.name, signal=signal)
 
     async def _watch(self, p: Proc) -> None:
         with contextlib.suppress(DynamoLaunchError):
@@ -514,6 +528,11 @@ class Runner:
             started = self.now()
             ok, detail = await self.probe(probe, self._ray_since(p, probe))
             p.health, p.probe_seconds = detail, self.now() - started
+            if kind == "liveness" and not ok and not await self.links[p.spec.host].confirm():
+                # A probe that cannot reach a host is no evidence that the process died: the host
+                # is suspected lost instead, and its processes become UNKNOWN, not killed.
+                p.health = f"{detail} (host {p.spec.host} not answering: state unknown)"
+                return
             if kind == "liveness" or ok:
                 self.post(("proc", p.name), ProbeResult(kind, ok, detail))  # type: ignore[arg-type]
                 if kind == "readiness":

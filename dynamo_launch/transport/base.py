@@ -220,6 +220,11 @@ class Transport(abc.ABC):
     async def close(self) -> None:
         """Close every channel and the connection. Idempotent; does not set ``lost``."""
 
+    async def abort(self) -> None:
+        """Drop the connection at once, discarding whatever was written but not yet sent: a
+        request queued behind a partition must never reach the host late. Does not set ``lost``."""
+        await self.close()
+
     async def __aenter__(self) -> "Transport":
         await self.connect()
         return self

@@ -407,6 +407,16 @@ class SshTransport(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 5.0)
 
+    async def abort(self) -> None:
+        conn, self._conn, self._client = self._conn, None, None  # not "lost": we dropped it
+        if conn is not None:
+            conn.abort()  # the socket is closed now: unsent requests are discarded, not flushed
+        # Only this connection's channels (taken before any await: a reconnect may already be
+        # opening the next connection, which must not be touched).
+        for channel in list(self._channels):
+            with contextlib.suppress(Exception):
+                await channel.close(grace=0.1)
+
     # ---- commands -----------------------------------------------------------------------------
     async def _open(self, argv: Sequence[str], env: Mapping[str, str] | None) -> asyncssh.SSHClientProcess:
         """A process on a fresh session channel; the caller holds a channel slot."""

@@ -170,6 +170,37 @@ def test_partition_longer_than_keepalive_then_heal_keeps_one_copy(cluster, bed):
     assert [p["pid"] for p in c.scan("h2")] == [pid]
 
 
+def test_a_partition_shorter_than_the_keepalive_window_kills_nothing(cluster, bed):
+    """Liveness fails through an 8 s partition (threshold: 3 probes, 1.5 s), well inside SSH
+    keepalive's 15 s window: the host is suspected lost within seconds and its process is UNKNOWN;
+    no TERM waits in the stalled connection to be delivered when the link heals."""
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, hosts=["h1", "h2"], interval=0.5, threshold=3), keepalive=(5.0, 3))
+    snap = c.up()
+    pid = by_name(snap)["web-h2"]["pid"]
+    since = c.events()[-1]["seq"]
+    t0 = time.monotonic()
+    bed.link("h2", False)
+    try:
+        c.wait(lambda s: by_name(s)["web-h2"]["state"] == "UNKNOWN", 15)
+        detected = time.monotonic() - t0
+        seen = set()
+        while time.monotonic() - t0 < 8.0:
+            seen.add(by_name(c.status())["web-h2"]["state"])
+            time.sleep(0.2)
+    finally:
+        bed.link("h2", True)
+    snap = c.wait(lambda s: by_name(s)["web-h2"]["state"] == "READY", 40)
+    time.sleep(3)  # a TERM queued behind the partition would arrive about now
+    snap = c.status()
+    assert detected < 8.0, f"the partitioned host took {detected:.1f}s to show UNKNOWN"
+    assert seen == {"UNKNOWN"}, f"states during the partition: {seen}"
+    assert by_name(snap)["web-h2"]["pid"] == pid and by_name(snap)["web-h2"]["restarts"] == 0
+    assert [p["pid"] for p in c.scan("h2")] == [pid]
+    kinds = [e["kind"] for e in c.events(since) if e.get("process") == "web-h2"]
+    assert "stopping" not in kinds and "exited" not in kinds, kinds
+
+
 def test_unknown_host_key_refuses_before_starting_anything(cluster, bed, tmp_path):
     (port,) = ports(1)
     partial = tmp_path / "known_hosts_without_h3"
