@@ -310,8 +310,13 @@ class Runner:
                 p.record, keep[p.name] = dict(r), int(r["generation"])
                 await self._watch(p)
                 self.post(("proc", p.name), HostBack(alive=True, pid=int(r["pid"])))
-            else:
-                self.post(("proc", p.name), HostBack(alive=False))
+                continue
+            # Gone. Its node may have recorded how it ended (shown instead of "unknown status"),
+            # and a record of another generation (or none) means the start never got there.
+            current = r is not None and int(r.get("generation") or 0) == p.machine.generation
+            ended = (r or {}).get("exit") or {} if current else {}
+            self.post(("proc", p.name), HostBack(alive=False, code=ended.get("code"), signal=ended.get("signal"),
+                                                 spawned=current or p.machine.pid is not None))
         await self.kill_strays(self.links[host], keep)
 
     async def kill_strays(self, link: HostLink, keep: Mapping[str, int]) -> None:

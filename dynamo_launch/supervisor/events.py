@@ -145,10 +145,16 @@ class HostLost:
 class HostBack:
     """The host answers again; ``alive`` says whether our recorded process still runs
     (pid, start time, boot id and launch id all match). ``pid`` fills in a pid the
-    machine never heard of (the host was lost between Spawn and Spawned)."""
+    machine never heard of (the host was lost between Spawn and Spawned). When the process
+    is gone, ``code``/``signal`` are the exit its node recorded meanwhile (None: unknown), and
+    ``spawned`` is False when the copy the machine was starting never reached the host (no
+    record of its generation there): that is no death, and no restart is counted for it."""
 
     alive: bool
     pid: int | None = None
+    code: int | None = None
+    signal: int | None = None
+    spawned: bool = True
 
 
 @dataclass(frozen=True)

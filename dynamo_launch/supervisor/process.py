@@ -271,8 +271,16 @@ class ProcessMachine:
         return [*out, Notify("unknown", f"{self.name}: host unreachable, state unknown")]
 
     def _on_host_back(self, ev: HostBack, now: float) -> list[Action]:
+        if not ev.alive and not ev.spawned and self.pid is None and not self.config.in_gang:
+            # The start never reached the host: nothing ran, so nothing died or is restarted.
+            # (A gang member's restart is its gang's decision, generation and all.)
+            if not self.wanted:
+                self._to(S.STOPPED, now, "host back; its start had not reached it")
+                return [Notify("stopped", f"{self.name} stopped")]
+            self._to(S.WAITING, now, "host back; its start had not reached it: starting again")
+            return [Notify("back", f"{self.name}: host back, the start had not reached it: starting again")]
         if not ev.alive:
-            return [Notify("back", f"{self.name}: host back, process gone"), *self._gone(None, None, now)]
+            return [Notify("back", f"{self.name}: host back, process gone"), *self._gone(ev.code, ev.signal, now)]
         if ev.pid is None and self.pid is None:
             raise IllegalTransition(self.name or "process", self.state.name, ev)  # alive, but which pid?
         self.pid = ev.pid if ev.pid is not None else self.pid

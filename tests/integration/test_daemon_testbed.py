@@ -201,6 +201,23 @@ def test_a_partition_shorter_than_the_keepalive_window_kills_nothing(cluster, be
     assert "stopping" not in kinds and "exited" not in kinds, kinds
 
 
+def test_a_process_killed_during_a_partition_shows_its_recorded_exit_once_the_host_is_back(cluster, bed):
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, hosts=["h2"], interval=0.5, threshold=3))
+    snap = c.up()
+    pid = by_name(snap)["web"]["pid"]
+    bed.link("h2", False)
+    try:
+        c.wait(lambda s: by_name(s)["web"]["state"] == "UNKNOWN", 15)
+        c.kill_on_host("h2", pid)  # the shim on h2 records signal 9; nobody can tell the daemon yet
+        time.sleep(1)
+    finally:
+        bed.link("h2", True)
+    snap = c.wait(lambda s: by_name(s)["web"]["state"] == "READY" and by_name(s)["web"]["pid"] != pid, 40)
+    web = by_name(snap)["web"]
+    assert web["last_exit"] == {"code": None, "signal": 9} and web["restarts"] == 1
+
+
 def test_unknown_host_key_refuses_before_starting_anything(cluster, bed, tmp_path):
     (port,) = ports(1)
     partial = tmp_path / "known_hosts_without_h3"

@@ -430,6 +430,33 @@ def test_unknown_to_waiting_on_host_back_dead() -> None:
     assert m.last_exit is not None and (m.last_exit.code, m.last_exit.signal) == (None, None)
 
 
+def test_unknown_to_waiting_on_host_back_dead_shows_the_exit_the_node_recorded() -> None:
+    m = ready(machine())
+    m.on(HostLost(), 10.0)
+    m.on(HostBack(alive=False, code=None, signal=9), 20.0)
+    assert m.last_exit is not None and (m.last_exit.code, m.last_exit.signal) == (None, 9)
+    assert m.state is S.WAITING and m.restarts == 1 and "signal 9" in m.reason
+
+
+def test_unknown_host_back_when_the_start_never_reached_the_host_counts_no_restart() -> None:
+    m = machine()
+    m.on(Start(), 0.0)
+    m.on(DepsReady(), 0.0)  # Spawn sent; the host is lost before it answers
+    m.on(HostLost(), 1.0)
+    actions = m.on(HostBack(alive=False, spawned=False), 5.0)
+    assert kinds(actions) == ["back"] and m.state is S.WAITING and m.restarts == 0 and m.last_exit is None
+    assert any(isinstance(a, Spawn) for a in m.on(DepsReady(), 5.0))  # started again, at once
+
+
+def test_unknown_host_back_unreached_start_of_a_stopped_process_stays_stopped() -> None:
+    m = machine()
+    m.on(Start(), 0.0)
+    m.on(DepsReady(), 0.0)
+    m.on(HostLost(), 1.0)
+    m.on(Stop("down"), 2.0)
+    assert kinds(m.on(HostBack(alive=False, spawned=False), 5.0)) == ["stopped"] and m.state is S.STOPPED
+
+
 def test_unknown_never_spawns() -> None:
     m = ready(machine())
     m.on(HostLost(), 10.0)
