@@ -22,7 +22,7 @@ from .. import secrets
 from ..errors import AgentError, CommandTimeout, DynamoLaunchError, IllegalTransition, TransportError
 from ..plan.spec import Gang, Plan, Probe, ProbeKind, ProcessSpec
 from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
-                          HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult,
+                          HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult, Resume,
                           ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
                           Stop, StopMember, StopProbes, TimerFired)
 from .links import HostLink
@@ -87,8 +87,11 @@ class Runner:
         """The machines' clock."""
         return asyncio.get_running_loop().time()
 
-    def begin(self, adoption: Adoption, *, start: bool = True) -> None:
-        """Start the event loop; adopt what ``adoption`` says and (``start``) start the rest."""
+    def begin(self, adoption: Adoption, *, start: bool = True,
+              resume: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> None:
+        """Start the event loop; adopt what ``adoption`` says and (``start``) start the rest —
+        where ``resume`` (a previous daemon's :meth:`supervision`) has a machine's state, from
+        there: still FAILED, the rest of its backoff, its restart budget."""
         self._loop_task = asyncio.create_task(self._run(), name="runner")
         for name, gen in adoption.generation.items():
             self.procs[name].machine.generation = gen
@@ -103,12 +106,39 @@ class Runner:
             self.post(("gang", gang), GangAdopted(adoption.gang_generation[gang]))
         if not start:
             return
+        carried = resume or {}
         for gang in self.gangs:
             if gang not in adoption.adopted_gangs:
-                self.post(("gang", gang), Start())
+                self.post(("gang", gang), self._resume(carried.get("gangs", {}).get(gang)))
         for name, p in self.procs.items():
             if p.spec.group is None and name not in adoption.adopt:
-                self.post(("proc", name), Start())
+                self.post(("proc", name), self._resume(carried.get("processes", {}).get(name)))
+
+    def supervision(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The supervision state worth keeping across a daemon restart (restarts, streak, budget,
+        FAILED, a backoff's end), times as wall-clock seconds; for the state file."""
+        offset = time.time() - self.now()
+        out: dict[str, dict[str, dict[str, Any]]] = {"processes": {}, "gangs": {}}
+        machines = [("processes", n, p.machine) for n, p in self.procs.items()]
+        machines += [("gangs", n, m) for n, m in self.gangs.items()]
+        for kind, name, m in machines:
+            s = m.supervision()
+            if s["restarts"] or s["streak"] or s["state"] in ("FAILED", "BACKOFF"):
+                s["recent"] = [round(t + offset, 3) for t in s["recent"]]
+                s["backoff_until"] = None if s["backoff_until"] is None else round(s["backoff_until"] + offset, 3)
+                out[kind][name] = s
+        return out
+
+    def _resume(self, saved: Mapping[str, Any] | None) -> Start | Resume:
+        """``Start``, or ``Resume`` from a saved :meth:`supervision` entry (wall → this clock)."""
+        if not saved:
+            return Start()
+        offset = self.now() - time.time()
+        until = saved.get("backoff_until")
+        return Resume(restarts=int(saved.get("restarts") or 0), streak=int(saved.get("streak") or 0),
+                      recent=tuple(float(t) + offset for t in saved.get("recent") or ()),
+                      failed=saved.get("state") == "FAILED", reason=str(saved.get("reason") or ""),
+                      backoff_until=None if until is None else float(until) + offset)
 
     async def close(self) -> None:
         """Cancel every task and timer (the processes on the nodes are not touched)."""
@@ -376,6 +406,8 @@ class Runner:
             self.post(("gang", group), MemberStopped(p.name))
         if after in (State.STOPPED, State.FAILED) and p.record is not None and p.machine.pid is None:
             self._on_records()
+        elif after in (State.BACKOFF, State.FAILED, State.WAITING):  # restarts and budget: kept on disk
+            self._on_records()
 
     def _act(self, p: Proc, a: Any) -> None:
         if isinstance(a, Spawn):
@@ -399,11 +431,14 @@ class Runner:
 
     def _feed_gang(self, name: str, event: Any) -> None:
         m = self.gangs[name]
+        before = m.state
         try:
             actions = m.on(event, self.now())
         except IllegalTransition as e:
             self.log.warning("event refused", gang=name, error=str(e))
             return
+        if m.state is not before and m.state in (GangState.BACKOFF, GangState.FAILED, GangState.STARTING):
+            self._on_records()  # the gang's restarts and budget: kept on disk
         timers = self._gang_timers.setdefault(name, {})
         for a in actions:
             if isinstance(a, StartMember):

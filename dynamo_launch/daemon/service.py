@@ -142,7 +142,7 @@ class Daemon:
         if adoption.adopt:
             self._log.info("adopting running processes", count=len(adoption.adopt), launch_id=self.launch_id,
                            processes=sorted(adoption.adopt))
-        self.runner.begin(adoption, start=start)
+        self.runner.begin(adoption, start=start, resume=(saved or {}).get("supervision"))
         self.save()  # the launch id, and the adopted copies, before anything new starts
         return adoption
 
@@ -477,7 +477,8 @@ class Daemon:
                     procs[name] = {"host": p.spec.host, **{k: p.record.get(k) for k in
                                    ("pid", "start_time", "boot_id", "generation", "started_at", "exit")}}
         self.state.save({"cluster": self.plan.cluster, "launch_id": self.launch_id, "inventory": self.inventory_path,
-                         "daemon_pid": os.getpid(), "processes": procs})
+                         "daemon_pid": os.getpid(), "processes": procs,
+                         "supervision": self.runner.supervision() if self.runner is not None else {}})
         self._mirror()
 
     def _mirror(self) -> None:

@@ -57,6 +57,14 @@ class Backoff:
         self._streak += 1
         return delay
 
+    def carried(self) -> tuple[int, tuple[float, ...]]:
+        """``(streak, restart times in the window)``: what :meth:`carry_over` takes back."""
+        return self._streak, tuple(self._recent)
+
+    def carry_over(self, streak: int, recent: tuple[float, ...]) -> None:
+        """Continue a previous supervisor's streak and budget (times on this object's clock)."""
+        self._streak, self._recent, self._healthy_since = streak, deque(sorted(recent)), None
+
     def reset(self) -> None:
         """Forget the streak and the budget (the operator asked for a fresh start)."""
         self._streak = 0

@@ -37,6 +37,7 @@ __all__ = [
     "MemberStopped",
     "Notify",
     "ProbeResult",
+    "Resume",
     "ProbeSet",
     "SetTimer",
     "Spawn",
@@ -71,6 +72,21 @@ class Start:
     """
 
     generation: int | None = None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Start where a previous daemon left off (instead of :class:`Start` after a daemon restart):
+    the restart count, streak and budget carry over; ``failed`` stays FAILED (until the operator's
+    ClearFailed); a ``backoff_until`` still ahead is waited out first. Times are on the
+    machine's clock."""
+
+    restarts: int = 0
+    streak: int = 0
+    recent: tuple[float, ...] = ()  # when each restart in the budget's window was granted
+    failed: bool = False
+    reason: str = ""
+    backoff_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -290,11 +306,12 @@ def handler_for(table: dict, state: Any, timers: dict[str, float], event: object
 
 Event = (
     Start | Stop | TimerFired | ClearFailed | DepsReady | Spawned | SpawnFailed | Exited | ProbeResult | HostLost | HostBack
+    | Resume
     | Adopted
 )
 """What a process machine accepts."""
 
-GangEvent = Start | Stop | TimerFired | ClearFailed | MemberReady | MemberDown | MemberStopped | GangAdopted
+GangEvent = Start | Stop | TimerFired | ClearFailed | MemberReady | MemberDown | MemberStopped | GangAdopted | Resume
 """What a gang machine accepts."""
 
 Action = Spawn | Kill | SetTimer | CancelTimer | StartProbes | StopProbes | Notify | MemberDown

@@ -27,7 +27,7 @@ from ..model import Restart
 from ..plan.spec import Gang
 from .backoff import Backoff
 from .events import (CancelTimer, ClearFailed, GangAction, GangAdopted, GangEvent, MemberDown,
-                     MemberReady, MemberStopped, Notify, SetTimer, Start, StartMember, Stop, StopMember, handler_for)
+                     MemberReady, MemberStopped, Notify, Resume, SetTimer, Start, StartMember, Stop, StopMember, handler_for)
 
 __all__ = ["GANG_TABLE", "GangMachine", "GangState"]
 
@@ -49,7 +49,7 @@ G = GangState
 _QUIET: dict[object, str] = {MemberDown: "ignore", MemberStopped: "note_stopped"}
 
 GANG_TABLE: dict[GangState, dict[object, str]] = {
-    G.STOPPED: {**_QUIET, Start: "start", Stop: "ignore", GangAdopted: "adopt"},
+    G.STOPPED: {**_QUIET, Start: "start", Stop: "ignore", GangAdopted: "adopt", Resume: "resume"},
     G.STARTING: {MemberReady: "member_ready", MemberDown: "member_down", MemberStopped: "member_down",
                  Start: "ignore", Stop: "stop"},
     G.RUNNING: {MemberReady: "ignore", MemberDown: "member_down", MemberStopped: "member_down",
@@ -113,6 +113,27 @@ class GangMachine:
     def _on_start(self, ev: Start | ClearFailed, now: float) -> list[GangAction]:
         self.backoff.reset()  # a fresh wish from the daemon or the operator
         return self._on_launch(ev, now)
+
+    def _on_resume(self, ev: Resume, now: float) -> list[GangAction]:
+        self.restarts = ev.restarts
+        self.backoff.carry_over(ev.streak, ev.recent)
+        if ev.failed:
+            self._to(G.FAILED, now, ev.reason)
+            return [Notify("gang-failed", f"gang {self.name} is still failed ({ev.reason}): "
+                                          f"`dynamo-launch restart {self.name}` clears it")]
+        if ev.backoff_until is not None and ev.backoff_until > now:
+            self._to(G.BACKOFF, now, ev.reason)
+            self._timers["backoff"] = ev.backoff_until
+            wait = ev.backoff_until - now
+            return [SetTimer("backoff", ev.backoff_until),
+                    Notify("gang-restarting", f"gang {self.name} restarting in {wait:.3g}s", {"delay": wait})]
+        return self._on_launch(ev, now)
+
+    def supervision(self) -> dict[str, object]:
+        """What :class:`Resume` needs to carry on after a daemon restart (times on this clock)."""
+        streak, recent = self.backoff.carried()
+        return {"state": self.state.name, "reason": self.reason, "restarts": self.restarts, "streak": streak,
+                "recent": list(recent), "backoff_until": self._timers.get("backoff")}
 
     def _on_adopt(self, ev: GangAdopted, now: float) -> list[GangAction]:
         # The members' own machines are adopting their processes; wait for them to be ready.

@@ -37,7 +37,7 @@ from ..model import Health, Restart, RestartPolicy
 from ..plan.spec import ProbeKind, ProcessSpec
 from .backoff import Backoff
 from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, HostBack, HostLost,
-                     IllegalTransition, Kill, MemberDown, Notify, ProbeResult, SetTimer, Spawn, Spawned, SpawnFailed, Start,
+                     IllegalTransition, Resume, Kill, MemberDown, Notify, ProbeResult, SetTimer, Spawn, Spawned, SpawnFailed, Start,
                      StartProbes, Stop, StopProbes, TimerFired, TimerKind, handler_for)
 
 __all__ = ["ExitInfo", "MachineConfig", "ProcessMachine", "State", "TABLE"]
@@ -64,7 +64,7 @@ _IDLE = {**_LATE, Exited: "ignore", HostLost: "ignore"}  # no process: an exit r
 _LIVE = {**_LATE, Exited: "exited", HostLost: "host_lost", Stop: "stop", Start: "ignore"}
 
 TABLE: dict[State, dict[object, str]] = {
-    S.STOPPED: {**_IDLE, Start: "start", Stop: "ignore", Adopted: "adopt"},
+    S.STOPPED: {**_IDLE, Start: "start", Stop: "ignore", Adopted: "adopt", Resume: "resume"},
     S.WAITING: {**_IDLE, DepsReady: "spawn", Start: "ignore", Stop: "stop_now"},
     S.STARTING: {**_LIVE, Spawned: "spawned", SpawnFailed: "spawn_failed", ProbeResult: "readiness",
                  "start_secs": "running", "startup": "startup_timeout"},
@@ -164,6 +164,28 @@ class ProcessMachine:
         self.wanted, self._start_gen = True, getattr(ev, "generation", None)
         self._to(S.WAITING, now, "start requested")
         return [Notify("starting", f"{self.name} starting")]
+
+    def _on_resume(self, ev: Resume, now: float) -> list[Action]:
+        self.restarts = ev.restarts
+        if ev.failed:
+            self.backoff.carry_over(ev.streak, ev.recent)
+            self._to(S.FAILED, now, ev.reason)
+            return [Notify("failed", f"{self.name} is still failed ({ev.reason}): "
+                                     f"`dynamo-launch restart {self.name}` clears it")]
+        out = self._on_start(Start(), now)
+        self.backoff.carry_over(ev.streak, ev.recent)
+        if ev.backoff_until is None or ev.backoff_until <= now:
+            return out
+        self._to(S.BACKOFF, now, ev.reason)
+        wait = ev.backoff_until - now
+        return [self._set("backoff", ev.backoff_until),
+                Notify("restarting", f"{self.name} {ev.reason}: restarting in {wait:.3g}s", {"delay": wait})]
+
+    def supervision(self) -> dict[str, object]:
+        """What :class:`Resume` needs to carry on after a daemon restart (times on this clock)."""
+        streak, recent = self.backoff.carried()
+        return {"state": self.state.name, "reason": self.reason, "restarts": self.restarts, "streak": streak,
+                "recent": list(recent), "backoff_until": self._timers.get("backoff")}
 
     def _on_want(self, ev: Start | Stop, now: float) -> list[Action]:
         # Host unreachable: only remember the wish; HostBack acts on it.

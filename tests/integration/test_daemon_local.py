@@ -250,6 +250,39 @@ def test_down_without_a_daemon_stops_in_reverse_order_with_each_stage_s_grace(ha
     assert times[1] - times[0] >= 0.5 and times[3] - times[2] >= 0.5, "a stage was cut short"
 
 
+def test_failed_and_backoff_survive_a_daemon_restart(harness):
+    """FAILED stays FAILED, and a backoff is waited out, across a daemon crash: the new daemon
+    neither runs a failed process again with a fresh budget nor starts a backing-off one at once."""
+    doomed = standin_process("doomed", free_port(), host="local", bind="127.0.0.1", max_restarts=1,
+                             extra=["--crash-after", "0.3"])
+    slow = standin_process("slow", free_port(), host="local", bind="127.0.0.1", extra=["--crash-after", "0.3"])
+    slow = slow.replace("backoff_initial = 0.5", "backoff_initial = 30.0").replace("backoff_max = 2.0",
+                                                                                    "backoff_max = 30.0")
+    h = harness(doomed + slow)
+
+    async def go():
+        d = await h.up()
+        await h.until(lambda: h.state("doomed") is State.FAILED and h.state("slow") is State.BACKOFF)
+        before = {n: p.machine.restarts for n, p in d.runner.procs.items()}
+        launch = d.launch_id
+        await h.crash_daemon()
+        d = await h.up()
+        await d.runner.settle()
+        await asyncio.sleep(1.0)  # time enough to (wrongly) start either one again
+        assert h.state("doomed") is State.FAILED and h.state("slow") is State.BACKOFF, h.states()
+        # Nothing was spawned again (this daemon holds no record of a copy), and nothing runs.
+        assert {n: p.machine.restarts for n, p in d.runner.procs.items()} == before
+        assert [n for n, p in d.runner.procs.items() if p.record is not None] == []
+        assert scan_launch(launch) == []
+        assert 20.0 < h.proc("slow").machine.timers["backoff"] - d.runner.now() <= 30.0
+        generation = h.proc("doomed").machine.generation
+        d.runner.restart("doomed")  # the operator clears FAILED: it runs again
+        await h.until(lambda: h.proc("doomed").machine.generation > generation)
+        await h.down()
+
+    arun(go())
+
+
 def test_hostile_strings_reach_argv_unchanged(harness, tmp_path):
     port = free_port()
     out = tmp_path / "argv.json"

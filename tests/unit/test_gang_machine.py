@@ -31,6 +31,7 @@ from dynamo_launch.supervisor import (
     Notify,
     ProbeResult,
     ProcessMachine,
+    Resume,
     SetTimer,
     Spawn,
     Spawned,
@@ -440,3 +441,25 @@ def test_random_histories_start_members_only_when_all_are_gone(steps: list[int])
             last_gen, reported_gone = g.generation, set()
         if isinstance(event, GangAdopted):
             reported_gone = set()
+
+
+def test_gang_stopped_to_failed_on_resume_failed() -> None:
+    m = gang()
+    actions = m.on(Resume(restarts=3, streak=3, recent=(1.0, 2.0, 3.0), failed=True, reason="w1 down"), 10.0)
+    assert kinds(actions) == ["gang-failed"] and m.state is G.FAILED and m.restarts == 3
+    assert not any(isinstance(a, StartMember) for a in actions)
+
+
+def test_gang_stopped_to_backoff_on_resume_then_starts_every_member() -> None:
+    m = gang()
+    actions = m.on(Resume(restarts=1, streak=2, recent=(1.0,), reason="w1 down", backoff_until=14.0), 10.0)
+    assert SetTimer("backoff", 14.0) in actions and m.state is G.BACKOFF
+    started = m.on(TimerFired("backoff", 14.0), 14.0)
+    assert [a.name for a in started if isinstance(a, StartMember)] == list(MEMBERS) and m.state is G.STARTING
+
+
+def test_gang_resume_with_no_backoff_left_starts_at_once_keeping_the_budget() -> None:
+    m = gang()
+    actions = m.on(Resume(restarts=2, streak=2, recent=(1.0, 2.0)), 10.0)
+    assert [a.name for a in actions if isinstance(a, StartMember)] == list(MEMBERS)
+    assert m.backoff.carried() == (2, (1.0, 2.0)) and m.restarts == 2

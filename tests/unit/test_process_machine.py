@@ -26,6 +26,7 @@ from dynamo_launch.supervisor import (
     Notify,
     ProbeResult,
     ProcessMachine,
+    Resume,
     SetTimer,
     Spawn,
     Spawned,
@@ -661,3 +662,49 @@ def test_random_histories_keep_one_copy_and_never_spawn_from_unknown(config: Mac
             live = event.alive
         elif isinstance(event, Adopted):
             live = True
+
+
+# --- resuming after a daemon restart ----------------------------------------------------------------
+
+
+def test_stopped_to_failed_on_resume_failed_and_clear_failed_starts_afresh() -> None:
+    m = machine()
+    actions = m.on(Resume(restarts=5, streak=5, recent=(1.0, 2.0), failed=True, reason="exited (code 1)"), 10.0)
+    assert kinds(actions) == ["failed"] and m.state is S.FAILED and m.restarts == 5 and not m.wanted
+    assert m.on(DepsReady(), 11.0) == [] and m.state is S.FAILED  # nothing starts by itself
+    m.on(ClearFailed(), 12.0)
+    assert m.state is S.WAITING and m.backoff.carried() == (0, ())
+
+
+def test_stopped_to_backoff_on_resume_waits_out_the_rest_of_the_delay() -> None:
+    m = machine()
+    actions = m.on(Resume(restarts=2, streak=2, recent=(1.0, 5.0), reason="exited (code 1)", backoff_until=25.0), 10.0)
+    assert SetTimer("backoff", 25.0) in actions and kinds(actions) == ["restarting"]
+    assert m.state is S.BACKOFF and m.restarts == 2 and m.backoff.carried() == (2, (1.0, 5.0))
+    m.on(TimerFired("backoff", 25.0), 25.0)
+    assert m.state is S.WAITING
+
+
+def test_resume_keeps_the_budget_a_restart_still_counts_against() -> None:
+    m = machine()  # FAST: at most 5 restarts in 600 s
+    m.on(Resume(restarts=5, streak=5, recent=(1.0, 2.0, 3.0, 4.0, 5.0)), 10.0)
+    assert m.state is S.WAITING and m.wanted  # a backoff already over: start now, budget kept
+    m.on(DepsReady(), 10.0)
+    m.on(Spawned(7), 10.0)
+    m.on(Exited(1, pid=7), 11.0)
+    assert m.state is S.FAILED and m.restarts == 5  # the sixth restart in the window is refused
+
+
+def test_supervision_round_trips_through_resume() -> None:
+    m = machine()
+    starting(m)
+    m.on(Exited(1, pid=100), 1.0)  # immediate restart
+    m.on(DepsReady(), 1.0)
+    m.on(Spawned(101), 1.0)
+    m.on(Exited(1, pid=101), 2.0)  # backoff 1 s
+    saved = m.supervision()
+    assert saved["state"] == "BACKOFF" and saved["restarts"] == 2 and saved["backoff_until"] == 3.0
+    again = machine()
+    again.on(Resume(restarts=saved["restarts"], streak=saved["streak"], recent=tuple(saved["recent"]),
+                    reason=saved["reason"], backoff_until=saved["backoff_until"]), 2.5)
+    assert again.state is S.BACKOFF and again.timers == {"backoff": 3.0} and again.backoff.carried() == m.backoff.carried()
