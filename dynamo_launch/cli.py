@@ -104,7 +104,11 @@ CLUSTER = click.option("--cluster", "-c", default=None, metavar="NAME",
               help="Trust hosts whose key is not in known_hosts yet (and record it). A changed key is always refused.")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
               help="auto: human-readable on a terminal, JSON lines otherwise (journald).")
-def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
+@click.option("--require-all-hosts", is_flag=True,
+              help="Resuming a cluster, refuse (start nothing) when a host does not answer, instead of supervising "
+                   "the others and that host's processes as UNKNOWN until it answers. A first bring-up always "
+                   "needs every host.")
+def up(inventory: str, accept_new_host_keys: bool, log_format: str, require_all_hosts: bool) -> None:
     """Start the cluster of INVENTORY and supervise it until SIGTERM/SIGINT (then stop it all).
 
     Preflight checks every host first; a failure starts nothing. If processes of this
@@ -121,7 +125,8 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str) -> None:
     _activate_own_environment()
     inv, plan = _load(inventory)
     logs.configure(json_output=None if log_format == "auto" else log_format == "json")
-    daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier)
+    daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier,
+                    require_all_hosts=require_all_hosts)
 
     async def run():
         loop = asyncio.get_running_loop()

@@ -72,6 +72,13 @@ class HostLink:
         self._pump = asyncio.create_task(self._pump_events(agent), name=f"agent-events-{self.name}")
         self._heartbeat = asyncio.create_task(self._beat(agent), name=f"heartbeat-{self.name}")
 
+    def start_lost(self, why: str) -> None:
+        """For a host that did not answer at start: lost from the outset, reconnecting in the
+        background; ``on_back`` comes once its agent answers."""
+        self.up, self.last_error = False, why
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.create_task(self._reconnect_loop(), name=f"reconnect-{self.name}")
+
     async def call(self, op: str, /, timeout: float = 30.0, **kwargs: Any) -> Any:
         """A request to the agent; :class:`TransportError` when the host is not up."""
         if not self.up or self.agent is None:

@@ -29,6 +29,7 @@ class Adoption:
     generation: dict[str, int] = field(default_factory=dict)  # process → generation of its next start
     gang_generation: dict[str, int] = field(default_factory=dict)  # gang → adopted or next generation
     adopted_gangs: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)  # adopted on trust: their host does not answer yet
 
 
 def pick_launch_id(saved: str | None, records: Mapping[str, Iterable[Record]]) -> str | None:
@@ -44,9 +45,18 @@ def pick_launch_id(saved: str | None, records: Mapping[str, Iterable[Record]]) -
     return best[1] if best else None
 
 
-def plan_adoption(plan: Plan, records: Mapping[str, Iterable[Record]], launch_id: str) -> Adoption:
-    """Decide, per planned process, whether its recorded copy is adopted; ``records`` by host."""
+def plan_adoption(plan: Plan, records: Mapping[str, Iterable[Record]], launch_id: str,
+                  unknown: Mapping[str, Iterable[Record]] | None = None) -> Adoption:
+    """Decide, per planned process, whether its recorded copy is adopted; ``records`` by host.
+
+    ``unknown``: for hosts that do not answer yet, the copies the state file says run there.
+    They are taken as alive (adopted, and listed in ``Adoption.unknown``: UNKNOWN until their
+    host answers and its records decide); never stopped from here, since nothing can reach them.
+    """
     out = Adoption()
+    unknown = unknown or {}
+    records = {**records, **unknown}
+    unreachable = set(unknown)
     planned = {p.name: p for p in plan.processes}
     live: dict[str, tuple[str, Record]] = {}
     last_gen: dict[str, int] = {}
@@ -72,9 +82,13 @@ def plan_adoption(plan: Plan, records: Mapping[str, Iterable[Record]], launch_id
         out.gang_generation[gang.name] = newest + 1
         for m in gang.members:
             if m in live:
-                out.stop.append(live.pop(m))
-    for name, (_, r) in live.items():
+                host, r = live.pop(m)
+                if host not in unreachable:  # one behind an unreachable host is a stray once it is back
+                    out.stop.append((host, r))
+    for name, (host, r) in live.items():
         out.adopt[name] = r
+        if host in unreachable:
+            out.unknown.add(name)
     for name, spec in planned.items():
         if name not in out.adopt:
             out.generation[name] = last_gen.get(name, spec.generation - 1) + 1

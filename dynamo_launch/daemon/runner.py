@@ -101,7 +101,10 @@ class Runner:
             p = self.procs[name]
             p.record, p.started_wall = dict(rec), float(rec.get("started_at") or time.time())
             self.post(("proc", name), Adopted(int(rec["pid"]), int(rec["generation"])))
-            self._spawn_task(self._watch(p))
+            if name in adoption.unknown:
+                self.post(("proc", name), HostLost())  # its host does not answer yet: UNKNOWN, not gone
+            else:
+                self._spawn_task(self._watch(p))
         for gang in adoption.adopted_gangs:
             self.post(("gang", gang), GangAdopted(adoption.gang_generation[gang]))
         if not start:

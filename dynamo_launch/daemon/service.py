@@ -19,8 +19,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -38,7 +38,7 @@ from ..mirror import Mirror
 from ..model import Inventory
 from ..plan.diff import PlanDiff
 from ..plan.diff import diff as diff_plans
-from ..plan.spec import Env, Plan
+from ..plan.spec import Env, Plan, PlanHost
 from ..preflight import Check, run_preflight
 from ..sdnotify import Notifier
 from ..state import StateFile
@@ -74,10 +74,14 @@ class Daemon:
     """Supervises one cluster (one plan). ``transports`` overrides how hosts are reached (tests)."""
 
     def __init__(self, plan: Plan, inv: Inventory, inventory_path: str, *, accept_new_host_keys: bool = False,
-                 transports: dict[str, Transport] | None = None, notifier: Notifier | None = None):
+                 transports: dict[str, Transport] | None = None, notifier: Notifier | None = None,
+                 require_all_hosts: bool = False):
         self.plan, self.inv, self.inventory_path = plan, inv, os.path.abspath(inventory_path)
         self.state = StateFile(plan.state_dir)
         self.accept_new_host_keys = accept_new_host_keys
+        # Resuming a launch (a daemon restart), hosts that do not answer are supervised once they
+        # do; with this set (or on a first bring-up) every host must answer before anything runs.
+        self.require_all_hosts = require_all_hosts
         self.notifier = notifier or Notifier(environ={})  # systemd's, or a silent one
         self.transports = transports or {h.name: make_transport(h, accept_new_host_keys=accept_new_host_keys)
                                          if not h.local else make_transport(h) for h in plan.hosts}
@@ -110,6 +114,7 @@ class Daemon:
         # its ports are busy.
         await self._lead(wait=bool(saved))
         self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
+        later: dict[str, str] = {}  # hosts supervised once they answer: host → why not now
         if preflight:
             # The agents start first — one SSH channel per host does it all — and preflight asks
             # through them (a host whose agent cannot start is asked over plain SSH, which says
@@ -121,6 +126,12 @@ class Daemon:
             self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
             checks = await run_preflight(self.inv, self.plan, self.transports, agents=self.links,
                                          unreachable=unreachable, adopting=list((saved or {}).get("processes", {})))
+            if unreachable and (saved or {}).get("processes") and not self.require_all_hosts \
+                    and self.plan.head not in unreachable:
+                later = dict(unreachable)
+                checks = [replace(c, status="warn", detail=f"{c.detail}: its processes are UNKNOWN until it answers "
+                                                           "(--require-all-hosts refuses instead)")
+                          if c.host in later and c.status == "fail" else c for c in checks]
             on_checks(checks)
             if any(c.status == "fail" for c in checks):
                 raise PreflightFailed(checks)
@@ -132,7 +143,7 @@ class Daemon:
             self._log.info("agents up", hosts=len(self.links))
         records = {name: await link.records() for name, link in self.links.items()}
         self.launch_id = pick_launch_id((saved or {}).get("launch_id"), records) or uuid.uuid4().hex[:12]
-        adoption = plan_adoption(self.plan, records, self.launch_id)
+        adoption = plan_adoption(self.plan, records, self.launch_id, _believed_running(saved, later))
         await self._stop_records(adoption.stop)
         self.runner = Runner(self.plan, self.links, self.launch_id, on_notify=self._notify,
                              on_records=self._records_changed)
@@ -143,6 +154,11 @@ class Daemon:
             self._log.info("adopting running processes", count=len(adoption.adopt), launch_id=self.launch_id,
                            processes=sorted(adoption.adopt))
         self.runner.begin(adoption, start=start, resume=(saved or {}).get("supervision"))
+        for host, why in later.items():
+            self._log.warning("host unreachable: supervised once it answers", host=host, reason=why)
+            self.links[host] = self._link(next(h for h in self.plan.hosts if h.name == host))
+            self.links[host].start_lost(why)
+            self.runner.on_host_lost(host, why)
         self.save()  # the launch id, and the adopted copies, before anything new starts
         return adoption
 
@@ -210,8 +226,7 @@ class Daemon:
         with ``strict=False`` drops that host's link: the hosts that failed are returned."""
         hosts = list(self.plan.hosts) if hosts is None else hosts
         for h in hosts:
-            self.links[h.name] = HostLink(h, self.transports[h.name], self.plan.state_dir,
-                                          on_event=self._on_agent_event, on_lost=self._on_lost, on_back=self._on_back)
+            self.links[h.name] = self._link(h)
         results = await asyncio.gather(*(self.links[h.name].open() for h in hosts), return_exceptions=True)
         failed = []
         for h, r in zip(hosts, results):
@@ -222,6 +237,10 @@ class Daemon:
             await self.links.pop(h.name).close()
             failed.append(h)
         return failed
+
+    def _link(self, host: PlanHost) -> HostLink:
+        return HostLink(host, self.transports[host.name], self.plan.state_dir, on_event=self._on_agent_event,
+                        on_lost=self._on_lost, on_back=self._on_back)
 
     async def _stop_records(self, victims: list[tuple[str, dict[str, Any]]]) -> None:
         """Stop live copies that cannot be adopted (TERM, then KILL), and wait until they are gone."""
@@ -294,11 +313,12 @@ class Daemon:
         self._log.info("metrics served", url=f"http://{self.inv.cluster.metrics}/metrics")
 
     async def _settled(self) -> None:
-        """Bring-up (or adoption) is over once every process is ready, running, failed or stopped:
+        """Bring-up (or adoption) is over once every process is ready, running, failed, stopped or
+        UNKNOWN (its host does not answer):
         note how long it took and tell systemd (READY=1). A FAILED process counts as settled, so
         one broken worker cannot hold the whole unit in "activating"."""
         assert self.runner is not None
-        settled = (State.READY, State.RUNNING, State.FAILED, State.STOPPED)
+        settled = (State.READY, State.RUNNING, State.FAILED, State.STOPPED, State.UNKNOWN)
         await self.runner.wait_for(lambda: all(p.machine.state in settled for p in self.runner.procs.values()))
         self.timings["up_seconds"] = round(time.time() - self.started, 3)
         counts = collections.Counter(p.machine.state.name for p in self.runner.procs.values())
@@ -542,3 +562,12 @@ class Daemon:
         if offset is not None:
             return await link.call("read", path=spec.log_file, offset=offset, max_bytes=max_bytes)
         return await link.call("tail", path=spec.log_file, lines=100 if lines is None else lines)
+
+
+def _believed_running(saved: dict[str, Any] | None, hosts: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """For ``hosts`` that do not answer: the copies the state file says run there, as records."""
+    out: dict[str, list[dict[str, Any]]] = {h: [] for h in hosts}
+    for name, r in ((saved or {}).get("processes") or {}).items():
+        if r.get("host") in out and r.get("pid") and not r.get("exit"):
+            out[r["host"]].append({**r, "name": name, "launch_id": saved.get("launch_id"), "alive": True})  # type: ignore[union-attr]
+    return out

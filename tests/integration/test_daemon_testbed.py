@@ -218,6 +218,32 @@ def test_a_process_killed_during_a_partition_shows_its_recorded_exit_once_the_ho
     assert web["last_exit"] == {"code": None, "signal": 9} and web["restarts"] == 1
 
 
+def test_up_after_a_crash_supervises_the_reachable_hosts_while_one_is_unreachable(cluster, bed):
+    """The daemon dies; h2 is partitioned when it comes back. `up` adopts h1's process and keeps
+    supervising it, shows h2's as UNKNOWN (never started again), and adopts it, same pid, once h2
+    answers. With --require-all-hosts the same `up` starts nothing."""
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, hosts=["h1", "h2"], interval=0.5, threshold=3))
+    first = c.up()
+    pids = {n: p["pid"] for n, p in by_name(first).items()}
+    c.kill_daemon()
+    bed.link("h2", False)
+    try:
+        strict = c.cli("up", str(c.path), "--require-all-hosts", "--log-format", "json", timeout=180)
+        assert strict.returncode == 1 and "preflight failed" in strict.stderr, strict.stderr[-2000:]
+        snap = c.start(timeout=180)
+        snap = c.wait(lambda s: by_name(s)["web-h1"]["state"] == "READY" and by_name(s)["web-h2"]["state"] == "UNKNOWN")
+        assert by_name(snap)["web-h1"]["pid"] == pids["web-h1"] and by_name(snap)["web-h2"]["pid"] == pids["web-h2"]
+        c.kill_on_host("h1", pids["web-h1"])  # h1 is supervised meanwhile: restarted
+        snap = c.wait(lambda s: by_name(s)["web-h1"]["state"] == "READY" and by_name(s)["web-h1"]["pid"] != pids["web-h1"])
+        assert by_name(snap)["web-h2"]["state"] == "UNKNOWN"
+    finally:
+        bed.link("h2", True)
+    snap = c.wait(lambda s: by_name(s)["web-h2"]["state"] == "READY", 60)
+    assert by_name(snap)["web-h2"]["pid"] == pids["web-h2"] and by_name(snap)["web-h2"]["restarts"] == 0
+    assert [p["pid"] for p in c.scan("h2")] == [pids["web-h2"]]
+
+
 def test_unknown_host_key_refuses_before_starting_anything(cluster, bed, tmp_path):
     (port,) = ports(1)
     partial = tmp_path / "known_hosts_without_h3"

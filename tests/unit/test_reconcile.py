@@ -45,6 +45,17 @@ def test_a_gang_is_adopted_whole_or_not_at_all():
     assert not plan_adoption(PLAN, mixed, "L").adopted_gangs
 
 
+def test_copies_behind_an_unreachable_host_are_adopted_on_trust_and_never_stopped_from_here():
+    reachable = {"node1": [rec("web-node1", gen=2), rec("pair-a", gen=2)]}
+    believed = {"node2": [rec("web-node2", gen=2), rec("pair-b", gen=2)]}  # from the state file
+    a = plan_adoption(PLAN, reachable, "L", believed)
+    assert {"web-node1", "web-node2", "pair-a", "pair-b"} <= set(a.adopt) and a.adopted_gangs == {"pair"}
+    assert a.unknown == {"web-node2", "pair-b"}
+    # a gang whose reachable member died: restarted, but its unreachable member is not "stopped"
+    a = plan_adoption(PLAN, {"node1": [rec("pair-a", gen=2, alive=False)]}, "L", believed)
+    assert not a.adopted_gangs and a.stop == [] and "pair-b" not in a.adopt and a.gang_generation["pair"] == 3
+
+
 def test_a_record_on_the_wrong_host_is_not_adopted():
     a = plan_adoption(PLAN, {"node2": [rec("web-node1")]}, "L")
     assert not a.adopt and a.stop == [("node2", rec("web-node1"))]
