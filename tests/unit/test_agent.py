@@ -478,11 +478,11 @@ def test_signal_with_a_wrong_start_time_sends_nothing(tmp_path, launch_id):
         async with node(tmp_path, launch_id) as n:
             r = await n.spawn("guarded", ["sleep", "30"])
             sent = await n.call("signal", name="guarded", pid=r["pid"], start_time=r["start_time"] - 1, signal="KILL")
-            assert sent == {"sent": False}
+            assert sent == {"sent": False, "pids": [], "count": 0}
             await asyncio.sleep(0.2)
             assert _alive(r["pid"])
             gone = await n.call("signal", name="x", pid=2**22 + 12345, start_time=1, signal="TERM")
-            assert gone == {"sent": False}
+            assert gone["sent"] is False
 
     run(go())
 
@@ -496,8 +496,8 @@ def test_term_to_the_group_reaches_grandchildren(tmp_path, launch_id):
         async with node(tmp_path, launch_id) as n:
             r = await n.spawn("parent", script(code))
             grandchild = int(await asyncio.to_thread(_wait_file, pidfile))
-            assert await n.call("signal", name="parent", pid=r["pid"], start_time=r["start_time"], signal="TERM") == {
-                "sent": True}
+            sent = await n.call("signal", name="parent", pid=r["pid"], start_time=r["start_time"], signal="TERM")
+            assert sent["sent"] is True and sent["pids"][0] == r["pid"]
             ev = await n.exit_of("parent")
             assert ev["signal"] == signal.SIGTERM and ev["by_signal_from_us"] is True
             return grandchild
