@@ -76,7 +76,7 @@ def mechanism(request, monkeypatch):
 
 
 def _check_mechanism(n, mechanism):
-    if n.agent.info["containment"] != mechanism:
+    if n.agent.info.get("containment", mechanism) != mechanism:  # (an agent before containment: no field)
         pytest.skip(f"no writable cgroup v2 hierarchy here: {n.agent.info.get('cgroup_note')}")
 
 
@@ -212,11 +212,13 @@ def test_the_agent_ends_the_tree_when_the_shim_was_killed(tmp_path, launch_id, m
 
     helper, ev = run(go())
     assert (ev["code"], ev["signal"]) == (None, None)
-    assert ev["killed"] == [helper] and _wait_gone(helper, 2)
+    assert _wait_gone(helper, 2), "the helper outlived its process and its shim"
+    assert ev["killed"] == [helper]
 
 
 def test_what_the_agent_did_not_start_is_never_killed(tmp_path, launch_id, mechanism):
-    """Same launch id, other name; and a process outside any launch: both survive a tree's end."""
+    """Same launch id, other name; and a process outside any launch: both survive a tree's end
+    (a guard of the containment, not a defect of the agent before it)."""
     pidfile = tmp_path / "helper.pid"
     env = dict(os.environ, DYNAMO_LAUNCH_ID=launch_id, DYNAMO_LAUNCH_NAME="other", DYNAMO_LAUNCH_GENERATION="1")
     neighbour = subprocess.Popen(["sleep", "60"], env=env)
