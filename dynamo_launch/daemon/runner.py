@@ -241,6 +241,11 @@ class Runner:
                 p.record, keep[p.name] = dict(r), int(r["generation"])
                 await self._watch(p)
                 self.post(("proc", p.name), HostBack(alive=True, pid=int(r["pid"])))
+            elif r is not None and p.record is not None and r.get("pid") == p.record.get("pid") and r.get("exit"):
+                # It ended while the host was unreachable; its shim recorded how (signal 9, ...).
+                p.record["exit"] = {k: r["exit"].get(k) for k in ("code", "signal", "at")}
+                self.post(("proc", p.name), HostBack(alive=False, code=r["exit"].get("code"),
+                                                     signal=r["exit"].get("signal")))
             else:
                 self.post(("proc", p.name), HostBack(alive=False))
         await self._kill_strays(self.links[host], keep)

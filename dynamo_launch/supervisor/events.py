@@ -154,10 +154,13 @@ class HostLost:
 class HostBack:
     """The host answers again; ``alive`` says whether our recorded process still runs
     (pid, start time, boot id and launch id all match). ``pid`` fills in a pid the
-    machine never heard of (the host was lost between Spawn and Spawned)."""
+    machine never heard of (the host was lost between Spawn and Spawned). When it is gone,
+    ``code``/``signal`` are its exit as its node recorded it (both None: not known)."""
 
     alive: bool
     pid: int | None = None
+    code: int | None = None
+    signal: int | None = None
 
 
 @dataclass(frozen=True)

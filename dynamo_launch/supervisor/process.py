@@ -273,7 +273,7 @@ class ProcessMachine:
 
     def _on_host_back(self, ev: HostBack, now: float) -> list[Action]:
         if not ev.alive:
-            return [Notify("back", f"{self.name}: host back, process gone"), *self._gone(None, None, now)]
+            return [Notify("back", f"{self.name}: host back, process gone"), *self._gone(ev.code, ev.signal, now)]
         if ev.pid is None and self.pid is None:
             raise IllegalTransition(self.name or "process", self.state.name, ev)  # alive, but which pid?
         self.pid = ev.pid if ev.pid is not None else self.pid

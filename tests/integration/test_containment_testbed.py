@@ -121,3 +121,24 @@ def test_gang_member_helpers_do_not_survive_the_gang_restart(cluster, mechanism)
     assert {h: len(ps) for h, ps in on_hosts.items()} == {"h1": 2, "h2": 2}
     assert c.cli("down", str(c.path)).returncode == 0
     assert c.scan_all() == {"h1": [], "h2": []}
+
+
+def test_exit_during_a_partition_is_reported_with_its_recorded_signal(cluster, bed):
+    """Killed while its host was unreachable: when the host answers again, the exit its shim
+    recorded (signal 9) is reported, not "unknown status"; its helper is gone too."""
+    (port,) = ports(1)
+    c = cluster(wrapped("web", port, 'sleep 100001 & exec "$0" "$@"', host="h2", interval=1.0, threshold=30))
+    old = by_name(c.up())["web"]["pid"]
+    since = c.events()[-1]["seq"]
+    bed.link("h2", False)
+    try:
+        c.wait(lambda s: by_name(s)["web"]["state"] == "UNKNOWN", 20)
+        c.kill_on_host("h2", old)  # through the host's namespaces, not the network
+    finally:
+        bed.link("h2", True)
+    snap = c.wait(lambda s: by_name(s)["web"]["pid"] not in (None, old) and by_name(s)["web"]["state"] == "READY",
+                  40)
+    ev = c.wait_event(lambda e: e["kind"] == "exited" and e["process"] == "web", since, 10)
+    assert (ev["code"], ev["signal"]) == (None, 9) and "signal 9" in ev["message"], ev
+    assert by_name(snap)["web"]["last_exit"] == {"code": None, "signal": 9}
+    assert sorted(p["generation"] for p in c.scan("h2")) == ["2", "2"]  # the new copy and its helper only

@@ -408,6 +408,16 @@ def test_unknown_to_waiting_on_host_back_dead() -> None:
     assert m.last_exit is not None and (m.last_exit.code, m.last_exit.signal) == (None, None)
 
 
+def test_host_back_dead_with_the_exit_its_node_recorded() -> None:
+    """Issue 16: a process killed while its host was unreachable shows how it ended, not "unknown"."""
+    m = ready(machine())
+    m.on(HostLost(), 10.0)
+    actions = m.on(HostBack(alive=False, code=None, signal=9), 20.0)
+    assert kinds(actions) == ["back", "exited", "restarting"]
+    assert [a.message for a in actions if getattr(a, "kind", None) == "exited"] == ["p exited (signal 9)"]
+    assert m.last_exit is not None and (m.last_exit.code, m.last_exit.signal) == (None, 9)
+
+
 def test_unknown_never_spawns() -> None:
     m = ready(machine())
     m.on(HostLost(), 10.0)
