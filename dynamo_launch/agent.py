@@ -878,8 +878,9 @@ class Watcher:
         ended = rec.get("exit") if ours else None
         if ended is None:  # the shim was killed: its code is unknown, and its tree is ours to end
             ended = {"code": None, "signal": None, "at": time.time()}
-            killed, left = end_orphaned_tree(rec if ours else e["rec"])
-            ended.update(killed=killed[:64], killed_count=len(killed), left=left[:64])
+            if ours:  # (a record replaced meanwhile: the new spawn ended the old tree before it started)
+                killed, left = end_orphaned_tree(rec)
+                ended.update(killed=killed[:64], killed_count=len(killed), left=left[:64])
         self.agent.send({"event": "exit", "name": name, "pid": pid, "generation": e["rec"].get("generation"),
                          "launch_id": e["rec"].get("launch_id"), "code": ended.get("code"),
                          "signal": ended.get("signal"), "at": ended.get("at"),
@@ -1136,6 +1137,14 @@ class Agent:
     def op_signal(self, req):
         name = arg_name(req)
         pid, start_time, sig = arg(req, "pid", int), arg(req, "start_time", int), arg_signal(req)
+        try:
+            rec = self.record(name)
+        except Refused:
+            rec = None
+        # The tree is taken before anything is sent, so the answer names every process the signal
+        # reached, those that died of the killpg at once included.
+        ours = rec is not None and (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
+        members = tree_of(rec) if ours else {}
         sent, group = [], None
         stat = proc_stat(pid) if pid > 0 else None
         if stat is not None and stat[1] == start_time:  # else gone, or the pid is someone else's now
@@ -1143,18 +1152,14 @@ class Agent:
             if kill_group(pid, sig):
                 sent.append(pid)
                 group = pid
-        try:
-            rec = self.record(name)
-        except Refused:
-            rec = None
-        if rec and (rec.get("pid"), rec.get("start_time")) == (pid, start_time):
+        if ours:
             # The whole tree, even when the main process is gone: setsid'd or double-forked
-            # descendants are in no group of the main pid's. The answer names every process the
-            # signal reached, those of the killpg'd group included.
-            members = tree_of(rec)
+            # descendants are in no group of the main pid's.
             if group is not None:
-                sent.extend(p for p in members if pgid_of(p) == group)
-            sent.extend(signal_tree(rec, sig, members, skip_group=group))
+                grouped = {p for p, t in members.items() if pgid_of(p) in (group, None)}
+                sent.extend(grouped)  # (None: it died of the killpg already)
+                members = {p: t for p, t in members.items() if p not in grouped}
+            sent.extend(signal_tree(rec, sig, members))
         sent = sorted(set(sent))
         return {"sent": bool(sent), "pids": sent[:64], "count": len(sent)}
 
