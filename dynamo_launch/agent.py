@@ -270,13 +270,25 @@ def cgroup_members(path):
     return members
 
 
+_LIBC = []
+
+
+def libc():
+    """The C library through ctypes (loaded once: the fork server loads it for all its shims), or None."""
+    if not _LIBC:
+        try:
+            import ctypes
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except (OSError, ImportError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
 def set_subreaper():
     """Make this process the child subreaper of its descendants (prctl); True when it worked."""
     try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError, ImportError):
+        return libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except AttributeError:  # no ctypes, or no prctl
         return False
 
 
@@ -497,6 +509,7 @@ class ForkServer:
         with suppress(OSError):
             with open("/proc/self/comm", "w") as f:
                 f.write("dl-agent-forks")  # ps tells it from the agent
+        libc()  # once here, not in every shim (it makes them subreapers)
         while True:
             try:
                 _, fds, _, _ = socket.recv_fds(sock, 16, 2)
