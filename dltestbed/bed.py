@@ -223,6 +223,13 @@ def main():
                        check=True, pass_fds=(fd,))
         os.close(fd)
         log("kept %s visible" % path)
+    # `ip netns exec` gave the host a fresh /sys without cgroup mounts: mount the cgroup v2
+    # hierarchy where a unified node has it, so the agent's cgroup containment runs here as on
+    # such a node (the hierarchy is the machine's, shared by all hosts; best effort).
+    if os.path.isdir("/sys/fs/cgroup") and not os.path.exists("/sys/fs/cgroup/cgroup.procs"):
+        r = subprocess.run(["mount", "-t", "cgroup2", "-o", "nosuid,nodev,noexec", "cgroup2", "/sys/fs/cgroup"],
+                           capture_output=True, text=True)
+        log("cgroup2 on /sys/fs/cgroup" if r.returncode == 0 else "no cgroup2: %s" % r.stderr.strip())
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     start_sshd()
     log("ready")

@@ -147,6 +147,264 @@ def read_json(path):
         return None
 
 
+def ensure_dir(path, mode):
+    """Create ``path`` (and its parents) when missing, owned by us with ``mode``; True if it was made.
+
+    The agent needs ``run/`` and the log directory on every spawn: someone may have deleted them
+    while the agent ran (a cleanup of the state directory), and they must come back without a
+    restart. A directory that exists is left as it is, except that group/other write permission is
+    taken away when it is ours (nobody else may plant records or logs).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)  # makedirs' mode is filtered by the umask
+        return True
+    if st.st_uid == os.getuid() and st.st_mode & 0o022:
+        with suppress(OSError):
+            os.chmod(path, st.st_mode & 0o7755)
+    return False
+
+
+# ---- containment: the whole tree of a process, not just its group ------------------------------
+# Each process gets a cgroup v2 leaf of its own where the agent can write one (then every
+# descendant, setsid or double-forked, stays in it and `cgroup.kill` ends them all), and its shim
+# is always a child subreaper (orphans of the tree re-parent to the shim, not to init), which is
+# the containment where no cgroup can be had.
+CGROUP_DIR = "dynamo-launch"  # under the cgroup v2 mount, beside systemd's slices
+PR_SET_CHILD_SUBREAPER = 36
+KILL_BOUND = 10.0  # seconds of SIGKILL rounds before a tree that will not die is reported as left
+
+
+def cgroup2_mount():
+    """The mount point of the cgroup v2 hierarchy (unified or hybrid layout), or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if right.split()[:1] == ["cgroup2"] and len(fields) > 4 and fields[3] == "/":
+                    return fields[4]
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_base():
+    """``(directory, None)`` under which the agent can make one cgroup per process, or ``(None, why)``.
+
+    ``DYNAMO_AGENT_CGROUP`` in the agent's environment overrides: a directory of a cgroup v2
+    hierarchy to use (e.g. a delegated subtree), or ``none`` for the subreaper fallback (tests).
+    """
+    override = os.environ.get("DYNAMO_AGENT_CGROUP")
+    if override is not None and override.strip().lower() in ("", "none", "0", "off"):
+        return None, "disabled by DYNAMO_AGENT_CGROUP"
+    mount = cgroup2_mount()
+    if override:
+        base = override
+    elif mount is None:
+        return None, "no cgroup v2 hierarchy mounted"
+    else:
+        base = os.path.join(mount, CGROUP_DIR)
+    try:
+        if not os.path.isdir(base):
+            os.mkdir(base)
+    except OSError as e:
+        return None, "cannot create %s: %s" % (base, e.strerror)
+    if not (os.access(base, os.W_OK) and os.access(os.path.join(base, "cgroup.procs"), os.W_OK)):
+        return None, "%s is not writable" % base
+    try:  # memory.current per process where the hierarchy has the controller (unified hosts)
+        with open(os.path.join(base, "cgroup.controllers")) as f:
+            available = f.read().split()
+        for controller in ("memory", "pids"):
+            if controller in available:
+                with suppress(OSError):
+                    write_small(os.path.join(base, "cgroup.subtree_control"), "+" + controller)
+    except OSError:
+        pass
+    return base, None
+
+
+def write_small(path, text):
+    """Write ``text`` to a (cgroup or proc) file in one write; raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def enter_cgroup(base, leaf, pid):
+    """Make the cgroup ``base/leaf`` and move ``pid`` into it: its path, or raise OSError.
+
+    Called by the shim while the child still waits for its go, so nothing of the tree exists
+    outside the cgroup. A leftover leaf of the same name (a shim killed earlier) is reused only
+    when empty.
+    """
+    path = os.path.join(base, leaf)
+    for attempt in range(10):
+        candidate = path if attempt == 0 else "%s-%d" % (path, attempt)
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            if cgroup_members(candidate):
+                continue
+        write_small(os.path.join(candidate, "cgroup.procs"), str(pid))
+        return candidate
+    raise OSError(17, "no free cgroup name for %s" % leaf)
+
+
+def cgroup_members(path):
+    """``{pid: start_time}`` of the live processes in the cgroup ``path`` ({} when it is gone)."""
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            pids = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return {}
+    members = {}
+    for pid in pids:
+        st = proc_stat(pid) if pid > 0 else None  # 0: a member outside our PID namespace
+        if st is not None and st[0] not in DEAD:
+            members[pid] = st[1]
+    return members
+
+
+_LIBC = []
+
+
+def libc():
+    """The C library through ctypes (loaded once: the fork server loads it for all its shims), or None."""
+    if not _LIBC:
+        try:
+            import ctypes
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except (OSError, ImportError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def set_subreaper():
+    """Make this process the child subreaper of its descendants (prctl); True when it worked."""
+    try:
+        return libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except AttributeError:  # no ctypes, or no prctl
+        return False
+
+
+def proc_table():
+    """``{pid: (ppid, state, start_time)}`` of every process in /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                table[int(entry)] = (int(fields[1]), fields[0].decode(), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def descendants(table, roots):
+    """``{pid: start_time}`` of the live descendants of ``roots`` (pids) in ``table``, roots excluded."""
+    children = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {}, list(roots)
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in found and pid not in roots:
+                todo.append(pid)
+                if table[pid][1] not in DEAD:
+                    found[pid] = table[pid][2]
+    return found
+
+
+def tree_of(rec, table=None):
+    """``{pid: start_time}`` of every live process of the record's tree, its main process included.
+
+    With a cgroup: its members. Without: the descendants of the shim (a subreaper, so orphans of
+    the tree are its children) and of the main process; once the shim is gone (killed), orphans
+    went to init, so also every process whose environment carries the record's launch id, name and
+    generation. Never anything else: what we did not start is not in the tree.
+    """
+    if rec.get("boot_id") != boot_id():
+        return {}
+    if rec.get("cgroup"):
+        return cgroup_members(rec["cgroup"])
+    table = proc_table() if table is None else table
+
+    def running(pid, start):
+        return isinstance(pid, int) and pid in table and table[pid][2] == start and table[pid][1] not in DEAD
+
+    shim = running(rec.get("shim_pid"), rec.get("shim_start_time"))
+    main = running(rec.get("pid"), rec.get("start_time"))
+    roots = [p for p, ok in ((rec.get("shim_pid"), shim), (rec.get("pid"), main)) if ok]
+    found = descendants(table, roots)
+    if main:
+        found[rec["pid"]] = rec["start_time"]
+    if (not shim or rec.get("containment") == "group") and rec.get("launch_id"):  # orphans went to init
+        for p in scan(rec["launch_id"]):
+            if p["name"] == rec.get("name") and str(p["generation"]) == str(rec.get("generation")):
+                found[p["pid"]] = p["start_time"]
+    found.pop(rec.get("shim_pid"), None)
+    return found
+
+
+def signal_tree(rec, sig, members=None, skip_group=None):
+    """Send ``sig`` to every process of the record's tree; the pids it went to (sorted).
+
+    SIGKILL to a cgroup goes through ``cgroup.kill`` (Linux >= 5.14: atomic, a forking process
+    cannot escape it) and process by process as well (older kernels, and the answer names them).
+    Members of the process group ``skip_group`` are left out (a killpg reached them already: a
+    second TERM makes some programs skip their clean shutdown).
+    """
+    members = tree_of(rec) if members is None else members
+    if skip_group is not None:
+        members = {p: t for p, t in members.items() if pgid_of(p) != skip_group}
+    if sig == signal.SIGKILL and rec.get("cgroup") and members:
+        with suppress(OSError):
+            write_small(os.path.join(rec["cgroup"], "cgroup.kill"), "1")
+    sent = []
+    for pid, start in sorted(members.items()):
+        if is_running(pid, start):  # no pid-reuse kills
+            try:
+                os.kill(pid, sig)
+                sent.append(pid)
+            except OSError:
+                pass
+    return sent
+
+
+def pgid_of(pid):
+    """The process group of ``pid``, or None when it is gone."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def tree_usage(rec, members):
+    """``{"procs", "rss_bytes", "memory_bytes"}`` of a tree: RSS summed over its processes (shared
+    pages counted once per process), and the cgroup's ``memory.current`` where it has one."""
+    page, rss = os.sysconf("SC_PAGE_SIZE"), 0
+    for pid in members:
+        try:
+            with open("/proc/%d/statm" % pid) as f:
+                rss += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    memory = None
+    if rec.get("cgroup"):
+        try:
+            with open(os.path.join(rec["cgroup"], "memory.current")) as f:
+                memory = int(f.read())
+        except (OSError, ValueError):
+            pass
+    return {"procs": len(members), "rss_bytes": rss, "memory_bytes": memory}
+
+
 # ---- the shim: runs detached, one per spawned process ------------------------------------------
 class LogWriter:
     """Appends a child's output to its log, rotating by size (name.log -> name.log.1 ...)."""
@@ -251,6 +509,7 @@ class ForkServer:
         with suppress(OSError):
             with open("/proc/self/comm", "w") as f:
                 f.write("dl-agent-forks")  # ps tells it from the agent
+        libc()  # once here, not in every shim (it makes them subreapers)
         while True:
             try:
                 _, fds, _, _ = socket.recv_fds(sock, 16, 2)
@@ -350,6 +609,7 @@ def run_shim(spec, answer):
     out_r, out_w = os.pipe()  # os.pipe() fds are close-on-exec: only 0-2 reach the program
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()  # closed by a successful exec; carries the error otherwise
+    subreaper = set_subreaper()  # before the fork: orphans of the tree come to us, not to init
     pid = os.fork()
     if pid == 0:
         try:
@@ -361,12 +621,24 @@ def run_shim(spec, answer):
     record = {"name": name, "pid": pid, "pgid": pid, "start_time": proc_stat(pid)[1], "boot_id": boot_id(),
               "launch_id": spec["launch_id"], "generation": spec["generation"], "argv": argv,
               "log_file": spec["log_file"], "shim_pid": os.getpid(), "shim_start_time": proc_stat(os.getpid())[1],
-              "started_at": time.time()}
+              "started_at": time.time(), "containment": "subreaper" if subreaper else "group",
+              "leftover_grace": spec.get("leftover_grace", 1.0)}
+    if spec.get("cgroup_base"):
+        # Named so that hosts sharing one hierarchy (PID namespaces, the test bed) never collide.
+        leaf = "%d.%s.g%s.%d" % (os.stat("/proc/self/ns/pid").st_ino, name, spec["generation"], os.getpid())
+        try:
+            record["cgroup"] = enter_cgroup(spec["cgroup_base"], leaf, pid)  # the child still waits: nothing escaped
+            record["containment"] = "cgroup"
+        except OSError as e:
+            record["cgroup_error"] = "%s: %s" % (leaf, e.strerror or e)
     try:
         write_json_atomic(run_file, record)  # on disk before the program may run
     except OSError as e:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        with suppress(OSError):
+            if record.get("cgroup"):
+                os.rmdir(record["cgroup"])
         return answer({"ok": False, "error": "cannot write %s: %s" % (run_file, e.strerror)})
     os.write(go_w, b"g")
     os.close(go_w)
@@ -376,13 +648,22 @@ def run_shim(spec, answer):
         error += chunk
     if not error:
         # started_at is the host's clock: Ray's node start times on this host compare with it
-        answer({k: record[k] for k in ("pid", "pgid", "start_time", "boot_id", "shim_pid", "shim_start_time",
-                                       "started_at")})
+        answer({k: record.get(k) for k in ("pid", "pgid", "start_time", "boot_id", "shim_pid", "shim_start_time",
+                                           "started_at", "containment", "cgroup")})
     status = copy_output(pid, out_r, wake_r, log)
+    ended = time.time()
+    # The main process is gone; what it started must go too before its exit is recorded (and the
+    # agent reports it): a child holding the port or a GPU would break the next copy.
+    killed, left = end_tree(record, out_r, wake_r, log)
     record["exit"] = {"code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                      "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "at": time.time()}
+                      "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "at": ended,
+                      "killed": killed[:64], "killed_count": len(killed), "left": left[:64],
+                      "tree_empty_at": time.time() if not left else None}
     if error:
         record["exit"]["error"] = one_line(error.decode("utf-8", "replace"))
+    if record.get("cgroup") and not left:
+        with suppress(OSError):
+            os.rmdir(record["cgroup"])
     try:
         current = read_json(run_file)
         if current and current.get("pid") == pid and current.get("start_time") == record["start_time"]:
@@ -419,12 +700,27 @@ def child(argv, env, cwd, out_w, go_r, err_w):
         os._exit(127 if isinstance(e, FileNotFoundError) else 126)
 
 
+def reap(pid):
+    """Reap every exited child: the main one and (as a subreaper) adopted orphans; the main one's
+    wait status, or None while it runs."""
+    status = None
+    while True:
+        try:
+            done, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if done == 0:
+            return status
+        if done == pid:
+            status = st
+
+
 def copy_output(pid, out_r, wake_r, log):
     """Copy the child's output into ``log`` until it exits, then drain the pipe; its wait status."""
     fds = [out_r, wake_r]
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
+        status = reap(pid)
+        if status is not None:
             break
         ready = select.select(fds, [], [], 1.0)[0]  # the timeout is only a safety net
         if wake_r in ready:
@@ -448,6 +744,48 @@ def copy_output(pid, out_r, wake_r, log):
             break
         log.write(data)
     return status
+
+
+def end_tree(record, out_r, wake_r, log):
+    """After the main process ended: TERM what is left of its tree, KILL it after the record's
+    ``leftover_grace`` seconds, and again until none is left (at most KILL_BOUND seconds more).
+
+    Their output still goes to the log meanwhile. Returns ``(killed, left)``: the pids that were
+    still there (sorted) and those that even SIGKILL did not end in time (a process stuck in the
+    kernel, e.g. a GPU driver's teardown).
+    """
+    members = tree_of(record)
+    if not members:
+        return [], []
+    killed = set(members)
+    signal_tree(record, signal.SIGTERM, members)
+    kill_at = time.monotonic() + float(record.get("leftover_grace") or 0)
+    give_up = kill_at + KILL_BOUND
+    fds = [out_r, wake_r]
+    while True:
+        reap(None)
+        ready = select.select(fds, [], [], 0.02)[0]  # a SIGCHLD (wake_r) ends the wait early
+        if wake_r in ready:
+            with suppress(BlockingIOError):
+                os.read(wake_r, 512)
+        if out_r in ready:
+            try:
+                data = os.read(out_r, 65536)
+            except BlockingIOError:
+                data = None
+            if data:
+                log.write(data)
+            elif data is not None:
+                fds.remove(out_r)  # EOF: nobody of the tree holds the pipe any more
+        members = tree_of(record)
+        killed.update(members)  # a fork during the grace counts too
+        if not members:
+            return sorted(killed), []
+        now = time.monotonic()
+        if now >= give_up:
+            return sorted(killed), sorted(members)
+        if now >= kill_at:
+            signal_tree(record, signal.SIGKILL, members)
 
 
 # ---- the agent ---------------------------------------------------------------------------------
@@ -549,13 +887,37 @@ class Watcher:
             rec = read_json(self.agent.run_file(name)) or {}
         except (OSError, ValueError):
             rec = {}
-        ended = rec.get("exit") if (rec.get("pid"), rec.get("start_time")) == (pid, start_time) else None
-        ended = ended or {"code": None, "signal": None, "at": time.time()}  # shim killed: unknown
+        ours = (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
+        ended = rec.get("exit") if ours else None
+        if ended is None:  # the shim was killed: its code is unknown, and its tree is ours to end
+            ended = {"code": None, "signal": None, "at": time.time()}
+            if ours:  # (a record replaced meanwhile: the new spawn ended the old tree before it started)
+                killed, left = end_orphaned_tree(rec)
+                ended.update(killed=killed[:64], killed_count=len(killed), left=left[:64])
         self.agent.send({"event": "exit", "name": name, "pid": pid, "generation": e["rec"].get("generation"),
                          "launch_id": e["rec"].get("launch_id"), "code": ended.get("code"),
                          "signal": ended.get("signal"), "at": ended.get("at"),
-                         "by_signal_from_us": (pid, start_time) in self.signalled})
+                         "by_signal_from_us": (pid, start_time) in self.signalled,
+                         "killed": ended.get("killed", []), "killed_count": ended.get("killed_count", 0),
+                         "left": ended.get("left", [])})
         return False
+
+
+def end_orphaned_tree(rec, timeout=2.0):
+    """KILL what is left of the tree of ``rec`` when no shim does it (the shim itself was killed):
+    ``(killed, left)`` pids. Bounded by ``timeout``: the watcher thread runs this."""
+    members = tree_of(rec)
+    killed = set(members)
+    deadline = time.monotonic() + timeout
+    while members and time.monotonic() < deadline:
+        signal_tree(rec, signal.SIGKILL, members)
+        time.sleep(0.01)
+        members = tree_of(rec)
+        killed.update(members)
+    if not members and rec.get("cgroup"):
+        with suppress(OSError):
+            os.rmdir(rec["cgroup"])
+    return sorted(killed), sorted(members)
 
 
 def pidfd_works():
@@ -576,7 +938,10 @@ class Agent:
         self.forks = forks  # a ForkServer made before any thread, or None
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, "run")
-        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        ensure_dir(self.run_dir, 0o700)
+        self.cgroup, self.cgroup_note = cgroup_base()  # None: subreaper containment only
+        if self.cgroup is None:
+            note("no cgroup per process (%s): containment by subreaper shims" % self.cgroup_note)
         self.out, self.out_lock = out, threading.Lock()
         self.names_lock, self.name_locks = threading.Lock(), {}
         self.execs = set()  # running `exec` commands, killed when the agent ends
@@ -632,6 +997,7 @@ class Agent:
         with self.names_lock:
             lock = self.name_locks.setdefault(name, threading.Lock())
         with lock:
+            self.ensure_run_dir()
             fd = os.open(os.path.join(self.run_dir, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -641,6 +1007,13 @@ class Agent:
 
     def run_file(self, name):
         return os.path.join(self.run_dir, name + ".json")
+
+    def ensure_run_dir(self):
+        """Recreate ``run/`` if it was deleted under us; True when it had to."""
+        if ensure_dir(self.run_dir, 0o700):
+            note("recreated %s (it had been removed)" % self.run_dir)
+            return True
+        return False
 
     def record(self, name):
         try:
@@ -655,12 +1028,19 @@ class Agent:
             return None
         if record_alive(rec):  # never two copies
             raise Refused(verb, "%s is already running as pid %s" % (name, rec.get("pid")))
-        deadline = time.monotonic() + 3.0
+        # Dead child, shim still ending its tree (TERM, the grace, KILL) and writing its exit.
+        deadline = time.monotonic() + 3.0 + float(rec.get("leftover_grace") or 0) + KILL_BOUND
         while "exit" not in rec and is_running(rec.get("shim_pid"), rec.get("shim_start_time")):
-            if time.monotonic() > deadline:  # dead child, shim still writing its exit
+            if time.monotonic() > deadline:
                 raise Refused(verb, "the shim (pid %s) of %s is still finishing" % (rec.get("shim_pid"), name))
             time.sleep(0.01)
             rec = self.record(name) or {"exit": None}
+        if rec.get("pid") is not None and (rec.get("exit") is None or rec["exit"].get("left")):
+            # No shim ended this tree (killed), or it could not: nothing of it may outlive the name.
+            _, left = end_orphaned_tree(rec, timeout=5.0)
+            if left:
+                raise Refused(verb, "%s: %d process(es) of its previous run will not die (pids %s)"
+                              % (name, len(left), " ".join(map(str, left[:8]))))
         self.watcher.wait_reported(name)
         return rec
 
@@ -668,7 +1048,9 @@ class Agent:
     def op_hello(self, req):
         return {"boot_id": boot_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
                 "python": sys.version.split()[0], "executable": sys.executable, "pidfd": self.pidfd,
-                "time": time.time(), "version": VERSION, "state_dir": self.state_dir}
+                "time": time.time(), "version": VERSION, "state_dir": self.state_dir,
+                "containment": "cgroup" if self.cgroup else "subreaper", "cgroup": self.cgroup,
+                "cgroup_note": self.cgroup_note}
 
     def op_ping(self, req):
         return {"time": time.time()}
@@ -679,16 +1061,29 @@ class Agent:
                 "log_file": arg_path(req, "log_file", os.path.join(self.state_dir, "logs", name + ".log")),
                 "launch_id": arg(req, "launch_id", str), "generation": arg(req, "generation", int, 0),
                 "log_max_bytes": arg(req, "log_max_bytes", int, 64 << 20),
-                "log_backups": arg(req, "log_backups", int, 3), "run_file": self.run_file(name)}
+                "log_backups": arg(req, "log_backups", int, 3), "run_file": self.run_file(name),
+                "leftover_grace": float(arg(req, "leftover_grace", (int, float), 1.0)), "cgroup_base": self.cgroup}
         if not spec["launch_id"] or spec["log_max_bytes"] < 0 or not 0 <= spec["log_backups"] <= 1000:
             raise Refused("bad-request", "need a launch_id, log_max_bytes >= 0 and 0 <= log_backups <= 1000")
+        if not 0 <= spec["leftover_grace"] <= 3600:
+            raise Refused("bad-request", "need 0 <= leftover_grace <= 3600")
+        created = [self.run_dir] if self.ensure_run_dir() else []
+        try:  # the log's directory too (deleted with the state directory's contents, say)
+            if ensure_dir(os.path.dirname(spec["log_file"]), 0o750):
+                created.append(os.path.dirname(spec["log_file"]))
+                note("recreated %s (it had been removed)" % os.path.dirname(spec["log_file"]))
+        except OSError as e:
+            raise Refused("spawn-failed", "%s: cannot create %s: %s" % (name, os.path.dirname(spec["log_file"]),
+                                                                        e.strerror))
         with self.name_lock(name):
             self.replaceable(name, "exists")
             msg = self.start_shim(spec)
         if "pid" not in msg:
             raise Refused("spawn-failed", "%s: %s" % (name, msg.get("error")))
         rec = dict(msg, name=name, launch_id=spec["launch_id"], generation=spec["generation"])
-        return After({k: msg[k] for k in ("pid", "pgid", "start_time", "boot_id")}, lambda: self.watcher.add(rec))
+        result = {k: msg.get(k) for k in ("pid", "pgid", "start_time", "boot_id", "containment", "cgroup")}
+        result["created"] = created
+        return After(result, lambda: self.watcher.add(rec))
 
     def start_shim(self, spec, timeout=30.0):
         """Start the detached shim through the fork server, or (without one) a fresh interpreter."""
@@ -722,12 +1117,24 @@ class Agent:
         return answer
 
     def op_list(self, req):
-        records = []
-        for fn in sorted(os.listdir(self.run_dir)):
+        records, table = [], []
+        try:
+            names = sorted(os.listdir(self.run_dir))
+        except FileNotFoundError:  # removed under us: no records (the next spawn recreates it)
+            names = []
+        for fn in names:
             if fn.endswith(".json"):  # not the temp files of an atomic write
                 try:
                     rec = read_json(os.path.join(self.run_dir, fn))
                     rec["alive"] = record_alive(rec)
+                    ended = rec.get("exit")
+                    if rec["alive"] or ended is None or ended.get("left"):  # else its shim saw it empty
+                        if not table and not rec.get("cgroup"):
+                            table.append(proc_table())  # one /proc walk for all records
+                        members = tree_of(rec, table[0] if table else None)
+                    else:
+                        members = {}
+                    rec["tree"] = tree_usage(rec, members)
                 except (OSError, ValueError, TypeError, AttributeError) as e:
                     rec = {"name": fn[:-5], "alive": False, "error": "unreadable: %s" % one_line(e)}
                 records.append(rec)
@@ -741,13 +1148,33 @@ class Agent:
         return After({"alive": record_alive(rec)}, lambda: self.watcher.add(rec))  # dead: exit event at once
 
     def op_signal(self, req):
-        arg_name(req)
+        name = arg_name(req)
         pid, start_time, sig = arg(req, "pid", int), arg(req, "start_time", int), arg_signal(req)
+        try:
+            rec = self.record(name)
+        except Refused:
+            rec = None
+        # The tree is taken before anything is sent, so the answer names every process the signal
+        # reached, those that died of the killpg at once included.
+        ours = rec is not None and (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
+        members = tree_of(rec) if ours else {}
+        sent, group = [], None
         stat = proc_stat(pid) if pid > 0 else None
-        if stat is None or stat[1] != start_time:
-            return {"sent": False}  # gone, or the pid now belongs to someone else
-        self.watcher.signalled.add((pid, start_time))
-        return {"sent": kill_group(pid, sig)}
+        if stat is not None and stat[1] == start_time:  # else gone, or the pid is someone else's now
+            self.watcher.signalled.add((pid, start_time))
+            if kill_group(pid, sig):
+                sent.append(pid)
+                group = pid
+        if ours:
+            # The whole tree, even when the main process is gone: setsid'd or double-forked
+            # descendants are in no group of the main pid's.
+            if group is not None:
+                grouped = {p for p, t in members.items() if pgid_of(p) in (group, None)}
+                sent.extend(grouped)  # (None: it died of the killpg already)
+                members = {p: t for p, t in members.items() if p not in grouped}
+            sent.extend(signal_tree(rec, sig, members))
+        sent = sorted(set(sent))
+        return {"sent": bool(sent), "pids": sent[:64], "count": len(sent)}
 
     def op_scan(self, req):
         return scan(arg(req, "launch_id", str))

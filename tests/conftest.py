@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.testbed_fixture", "tests.infra"]
+pytest_plugins = ["tests.testbed_fixture", "tests.infra", "tests.agent_harness"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -348,6 +348,8 @@ class Runner:
             # and a record of another generation (or none) means the start never got there.
             current = r is not None and int(r.get("generation") or 0) == p.machine.generation
             ended = (r or {}).get("exit") or {} if current else {}
+            if ended and p.record is not None and r is not None and r.get("pid") == p.record.get("pid"):
+                p.record["exit"] = {k: ended.get(k) for k in ("code", "signal", "at")}  # kept in the state file
             self.post(("proc", p.name), HostBack(alive=False, code=ended.get("code"), signal=ended.get("signal"),
                                                  spawned=current or p.machine.pid is not None))
         await self.kill_strays(self.links[host], keep)

@@ -454,6 +454,28 @@ def test_bare_ray_cluster_raylet_killed_rejoins_and_down_leaves_nothing(daemon, 
           f"total {time.monotonic() - t_begin:.1f}s")
 
 
+def test_ray_start_killed_takes_its_whole_node_with_it(daemon, bed):
+    """Issue 16 on a Ray node: kill -9 of the supervised `ray start --block` itself must leave none
+    of its node's processes (raylet, agents, `ray::` workers) holding the pinned ports, and the
+    restarted worker joins again. (Ray's own fate sharing already ends them without containment:
+    this guards that containment keeps it so, it is not a defect of the agent before it.)"""
+    c, address, addresses = bare_cluster(daemon, bed, ["h2"])
+    old = by_name(c.up())["ray-1"]
+    before = {x["pid"] for x in c.ray_procs("h2")}
+    assert len(before) > 1, before  # `ray start` and the node it runs
+    t0 = time.monotonic()
+    c.kill_on_host("h2", old["pid"])
+    snap = c.wait(lambda s: by_name(s)["ray-1"]["pid"] not in (None, old["pid"])
+                  and by_name(s)["ray-1"]["state"] == "READY", 120)
+    ready = time.monotonic() - t0
+    after = c.ray_procs("h2")
+    assert not before & {x["pid"] for x in after}, (before, after)  # nothing of the old node is left
+    assert [x["comm"] for x in after].count("raylet") == 1, after
+    assert by_name(snap)["ray-1"]["restarts"] == 1
+    down_leaves_nothing(c, bed)
+    print(f"\nkill -9 of `ray start` on h2: its {len(before) - 1} node processes gone, READY again {ready:.1f}s")
+
+
 # Was a strict xfail: the RAY_NODE probe matched a node by address only, and the old node keeps that
 # address and stays alive in Ray until the GCS health check marks it dead (~13 s), so the restarted
 # worker was READY before its new node joined. The probe now reports each node's start time and

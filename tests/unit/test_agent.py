@@ -24,8 +24,8 @@ import pytest
 
 from dynamo_launch.agent import child_path
 from dynamo_launch.errors import AgentError
-from dynamo_launch.transport import AgentClient, LocalTransport
-from tests.transport_cases import HOSTILE, arun, local_host
+from tests.agent_harness import _alive, _launch_pids, _start_time, _wait_file, _wait_gone, node, run
+from tests.transport_cases import HOSTILE
 
 PY = sys.executable
 
@@ -43,105 +43,6 @@ def _find_python38() -> str | None:
 
 
 PY38 = _find_python38()
-
-
-# ---- harness -----------------------------------------------------------------------------------
-def _launch_pids(launch_id: str) -> list[int]:
-    needle = f"DYNAMO_LAUNCH_ID={launch_id}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _start_time(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-
-
-def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not _alive(pid)
-
-
-def _wait_file(path: Path, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            text = path.read_text()
-            if text.endswith("\n"):
-                return text
-        time.sleep(0.01)
-    raise AssertionError(f"{path} not written within {timeout}s")
-
-
-@pytest.fixture
-def launch_id():
-    """A launch id of the test's own; everything carrying it is SIGKILLed afterwards."""
-    lid = "test-" + uuid.uuid4().hex[:12]
-    yield lid
-    deadline = time.monotonic() + 5
-    while (pids := _launch_pids(lid)) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-class Node:
-    """One running agent with its event stream and spawn defaults."""
-
-    def __init__(self, agent: AgentClient, state: Path, launch_id: str):
-        self.agent, self.state, self.launch_id = agent, state, launch_id
-        self.events = agent.events()
-
-    async def call(self, op: str, **kw):
-        return await self.agent.call(op, **kw)
-
-    async def spawn(self, name: str, argv: list[str], **kw):
-        args = dict(name=name, argv=argv, env={}, cwd=str(self.state), log_file=str(self.state / "logs" / f"{name}.log"),
-                    launch_id=self.launch_id, generation=1, log_max_bytes=1 << 20, log_backups=2)
-        args.update(kw)
-        return await self.agent.call("spawn", **args)
-
-    async def exit_of(self, name: str, timeout: float = 10.0) -> dict:
-        """The next exit event of ``name`` (other events are skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = await asyncio.wait_for(self.events.__anext__(), max(0.01, deadline - time.monotonic()))
-            if ev.get("event") == "exit" and ev.get("name") == name:
-                return ev
-
-    def record(self, name: str) -> dict:
-        return json.loads((self.state / "run" / f"{name}.json").read_text())
-
-    def log(self, name: str) -> str:
-        return (self.state / "logs" / f"{name}.log").read_text()
-
-
-@contextlib.asynccontextmanager
-async def node(state: Path, launch_id: str, python: str = PY):
-    agent = AgentClient(LocalTransport(local_host()), str(state), python)
-    await agent.start()
-    try:
-        yield Node(agent, state, launch_id)
-    finally:
-        await agent.close()
-
-
-def run(coro, timeout: float = 30):
-    return arun(coro, timeout)
 
 
 def script(code: str) -> list[str]:
@@ -478,11 +379,11 @@ def test_signal_with_a_wrong_start_time_sends_nothing(tmp_path, launch_id):
         async with node(tmp_path, launch_id) as n:
             r = await n.spawn("guarded", ["sleep", "30"])
             sent = await n.call("signal", name="guarded", pid=r["pid"], start_time=r["start_time"] - 1, signal="KILL")
-            assert sent == {"sent": False}
+            assert sent == {"sent": False, "pids": [], "count": 0}
             await asyncio.sleep(0.2)
             assert _alive(r["pid"])
             gone = await n.call("signal", name="x", pid=2**22 + 12345, start_time=1, signal="TERM")
-            assert gone == {"sent": False}
+            assert gone["sent"] is False
 
     run(go())
 
@@ -496,8 +397,8 @@ def test_term_to_the_group_reaches_grandchildren(tmp_path, launch_id):
         async with node(tmp_path, launch_id) as n:
             r = await n.spawn("parent", script(code))
             grandchild = int(await asyncio.to_thread(_wait_file, pidfile))
-            assert await n.call("signal", name="parent", pid=r["pid"], start_time=r["start_time"], signal="TERM") == {
-                "sent": True}
+            sent = await n.call("signal", name="parent", pid=r["pid"], start_time=r["start_time"], signal="TERM")
+            assert sent["sent"] is True and sent["pids"][0] == r["pid"]
             ev = await n.exit_of("parent")
             assert ev["signal"] == signal.SIGTERM and ev["by_signal_from_us"] is True
             return grandchild

@@ -458,6 +458,16 @@ def test_unknown_host_back_unreached_start_of_a_stopped_process_stays_stopped() 
     assert kinds(m.on(HostBack(alive=False, spawned=False), 5.0)) == ["stopped"] and m.state is S.STOPPED
 
 
+def test_host_back_dead_with_the_exit_its_node_recorded() -> None:
+    """Issue 16: a process killed while its host was unreachable shows how it ended, not "unknown"."""
+    m = ready(machine())
+    m.on(HostLost(), 10.0)
+    actions = m.on(HostBack(alive=False, code=None, signal=9), 20.0)
+    assert kinds(actions) == ["back", "exited", "restarting"]
+    assert [a.message for a in actions if getattr(a, "kind", None) == "exited"] == ["p exited (signal 9)"]
+    assert m.last_exit is not None and (m.last_exit.code, m.last_exit.signal) == (None, 9)
+
+
 def test_unknown_never_spawns() -> None:
     m = ready(machine())
     m.on(HostLost(), 10.0)
