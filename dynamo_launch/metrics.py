@@ -56,6 +56,11 @@ def render(snap: dict[str, Any]) -> str:
            [(lab, p["probe_seconds"]) for lab, p in ident if p.get("probe_seconds") is not None])
     family("dynamo_launch_process_uptime_seconds", "gauge", "Seconds since the current copy started.",
            [(lab, p["uptime"]) for lab, p in ident if p["uptime"] is not None])
+    family("dynamo_launch_process_tree_processes", "gauge", "Processes in the copy's whole tree (its node's count).",
+           [(lab, p["tree_procs"]) for lab, p in ident if p.get("tree_procs") is not None])
+    family("dynamo_launch_process_memory_bytes", "gauge",
+           "Memory of the copy's whole tree (cgroup memory.current, else summed RSS).",
+           [(lab, p["memory_bytes"]) for lab, p in ident if p.get("memory_bytes") is not None])
     family("dynamo_launch_gang_state", "gauge", "1 for the state the gang is in.",
            [({"cluster": cluster, "gang": g["name"], "state": s}, float(g["state"] == s))
             for g in snap["gangs"] for s in GANG_STATES])

@@ -11,7 +11,8 @@ from typing import Any
 
 __all__ = ["COLUMNS", "render"]
 
-COLUMNS = ("HOST", "PROCESS", "ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "LAST EXIT", "HEALTH")
+COLUMNS = ("HOST", "PROCESS", "ROLE", "STATE", "PID", "UPTIME", "PROCS", "MEM", "RESTARTS", "GEN", "LAST EXIT",
+           "HEALTH")
 
 
 def _exit_text(last: dict[str, Any] | None) -> str:
@@ -22,6 +23,15 @@ def _exit_text(last: dict[str, Any] | None) -> str:
     if last.get("code") is not None:
         return f"code {last['code']}"
     return "unknown"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if n < 10 * size else f"{n // size}{unit}"
+    return f"{n}B"
 
 
 def _duration(seconds: float | None) -> str:
@@ -40,6 +50,7 @@ def render(snap: dict[str, Any]) -> str:
     rows = [COLUMNS]
     for p in snap["processes"]:
         rows.append((p["host"], p["name"], p["role"], p["state"], str(p["pid"] or "-"), _duration(p["uptime"]),
+                     str(p.get("tree_procs") or "-"), _bytes(p.get("memory_bytes")),
                      str(p["restarts"]), str(p["generation"]), _exit_text(p["last_exit"]),
                      p["health"] or (p["reason"] if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") else "")))  # last: never cut
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]

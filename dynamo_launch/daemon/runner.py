@@ -36,6 +36,7 @@ log = structlog.get_logger("dynamo_launch.runner")
 LOG_MAX_BYTES = 64 << 20  # per log file before rotation
 LOG_BACKUPS = 3
 SIGNAL_TIMEOUT = 5.0  # an agent answers a signal request at once; silence means the link stalled
+TREE_INTERVAL = 10.0  # seconds between reads of each host's process trees (size, memory) for status
 UP_STATES = (State.READY, State.RUNNING)
 Target = tuple[str, str]  # ("proc" | "gang", name)
 
@@ -55,6 +56,7 @@ class Proc:
         self.early_exits: dict[int, dict[str, Any]] = {}  # exit reports that beat their spawn's answer
         self.exit_latency: float | None = None  # seconds from the exit on the node to the daemon
         self.probe_seconds: float | None = None  # duration of the last health probe
+        self.tree: dict[str, Any] | None = None  # the agent's count of the copy's process tree and memory
 
     @property
     def name(self) -> str:
@@ -93,6 +95,7 @@ class Runner:
         where ``resume`` (a previous daemon's :meth:`supervision`) has a machine's state, from
         there: still FAILED, the rest of its backoff, its restart budget."""
         self._loop_task = asyncio.create_task(self._run(), name="runner")
+        self._spawn_task(self._read_trees())
         for name, gen in adoption.generation.items():
             self.procs[name].machine.generation = gen
         for gang, machine in self.gangs.items():
@@ -557,6 +560,24 @@ class Runner:
         assert p.record is not None
         p.record["exit"] = {"code": event.get("code"), "signal": event.get("signal"), "at": at}
         self.post(("proc", p.name), Exited(event.get("code"), event.get("signal"), int(event["pid"])))
+
+    async def _read_trees(self) -> None:
+        """Every TREE_INTERVAL, each answering host's records: how many processes each copy's
+        tree holds and their memory (cgroup ``memory.current`` or summed RSS), for status."""
+        while True:
+            await asyncio.sleep(TREE_INTERVAL)
+            for link in list(self.links.values()):
+                if not link.up:
+                    continue
+                try:
+                    records = await link.records()
+                except DynamoLaunchError:
+                    continue
+                for r in records:
+                    p = self.procs.get(str(r.get("name")))
+                    if p is not None and p.spec.host == link.name and p.record is not None \
+                            and r.get("pid") == p.record.get("pid") and r.get("launch_id") == self.launch_id:
+                        p.tree = r.get("tree") if r.get("alive") else None
 
     # --- probes and gates -----------------------------------------------------------------------------
 

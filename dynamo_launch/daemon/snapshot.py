@@ -50,6 +50,10 @@ def snapshot(daemon: Supervised) -> dict[str, Any]:
             "last_exit": None if last is None else {"code": last.code, "signal": last.signal},
             "health": p.health,
             "probe_seconds": None if p.probe_seconds is None else round(p.probe_seconds, 4),
+            # the copy's whole tree as its node last counted it (every TREE_INTERVAL): processes
+            # and bytes (cgroup memory.current where the node has it, else summed RSS)
+            "tree_procs": (p.tree or {}).get("procs") if running else None,
+            "memory_bytes": _memory(p.tree) if running else None,
         })
     gangs = [{"name": g, "state": m.state.name, "generation": m.generation, "restarts": m.restarts,
               "members": list(m.members), "reason": m.reason} for g, m in runner.gangs.items()]
@@ -58,3 +62,10 @@ def snapshot(daemon: Supervised) -> dict[str, Any]:
     return {"cluster": daemon.plan.cluster, "launch_id": daemon.launch_id, "daemon_pid": os.getpid(),
             "inventory": daemon.inventory_path, "started": daemon.started, "now": now_wall, "hosts": hosts,
             "processes": procs, "gangs": gangs, "timings": dict(daemon.timings)}
+
+
+def _memory(tree: dict[str, Any] | None) -> int | None:
+    if not tree:
+        return None
+    value = tree.get("memory_bytes") if tree.get("memory_bytes") is not None else tree.get("rss_bytes")
+    return None if value is None else int(value)

@@ -20,7 +20,7 @@ from dynamo_launch.daemon import Daemon
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.supervisor import GangState, State
-from tests.daemon_harness import free_port, kill_launch, local_inventory, scan_launch, standin_process
+from tests.daemon_harness import PY, free_port, kill_launch, local_inventory, scan_launch, standin_process
 
 
 class Harness:
@@ -278,6 +278,28 @@ def test_failed_and_backoff_survive_a_daemon_restart(harness):
         generation = h.proc("doomed").machine.generation
         d.runner.restart("doomed")  # the operator clears FAILED: it runs again
         await h.until(lambda: h.proc("doomed").machine.generation > generation)
+        await h.down()
+
+    arun(go())
+
+
+def test_status_shows_each_process_tree_and_its_memory(harness, monkeypatch):
+    from dynamo_launch.daemon import runner as runner_module
+    from dynamo_launch.daemon.snapshot import snapshot
+    from dynamo_launch.status import render
+
+    monkeypatch.setattr(runner_module, "TREE_INTERVAL", 0.2)
+    port = free_port()
+    h = harness(standin_process("web", port, host="local", bind="127.0.0.1")
+                .replace(f'command = ["{PY}"', f'command = ["sh", "-c", "sleep 1001 & exec \\"$0\\" \\"$@\\"", "{PY}"'))
+
+    async def go():
+        d = await h.until_up()
+        await h.until(lambda: (h.proc("web").tree or {}).get("procs", 0) >= 2)
+        web = next(p for p in snapshot(d)["processes"] if p["name"] == "web")
+        assert web["tree_procs"] >= 2 and web["memory_bytes"] > 1 << 20  # the stand-in's python alone
+        header, row = render(snapshot(d)).splitlines()[-2:]
+        assert header.split()[6:8] == ["PROCS", "MEM"] and row.split()[6] == str(web["tree_procs"])
         await h.down()
 
     arun(go())
