@@ -27,7 +27,6 @@ import pytest
 from tests.unit.test_agent import _alive, _wait_file, _wait_gone, launch_id, node, run  # noqa: F401 (fixture)
 
 PY = sys.executable
-GIVE_UP = 10.0
 
 # The main process forks a helper and goes on; the helper writes its pid.
 FORKS_HELPER = "sleep 100001 & echo $! > {pidfile}; exec {py} -c 'import time; time.sleep(60)'"
