@@ -284,6 +284,42 @@ def libc():
     return _LIBC[0]
 
 
+def remove_cgroup(path, timeout=0.5, reaping=False):
+    """Remove the (empty) cgroup ``path``; True when it is gone.
+
+    Right after its last member ended the kernel may still answer EBUSY for a moment (a member
+    not fully released yet): retried for up to ``timeout`` seconds, reaping our own children when
+    ``reaping`` (the shim only: in the agent a wait for any child would take an `exec`'s status).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+        if reaping:
+            reap(None)
+        time.sleep(0.01)
+
+
+def sweep_cgroups(base):
+    """Remove the empty leaves under ``base`` that shims of this PID namespace left behind (killed
+    before they could): only those whose shim is gone, so none that a starting shim just made."""
+    prefix = "%d." % os.stat("/proc/self/ns/pid").st_ino
+    for leaf in os.listdir(base):
+        path = os.path.join(base, leaf)
+        if not leaf.startswith(prefix) or not os.path.isdir(path):
+            continue
+        shim = leaf.rsplit(".", 1)[-1].split("-")[0]
+        if shim.isdigit() and proc_stat(int(shim)) is None and not cgroup_members(path):
+            with suppress(OSError):
+                os.rmdir(path)
+
+
 def set_subreaper():
     """Make this process the child subreaper of its descendants (prctl); True when it worked."""
     try:
@@ -636,9 +672,8 @@ def run_shim(spec, answer):
     except OSError as e:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        with suppress(OSError):
-            if record.get("cgroup"):
-                os.rmdir(record["cgroup"])
+        if record.get("cgroup"):
+            remove_cgroup(record["cgroup"], reaping=True)
         return answer({"ok": False, "error": "cannot write %s: %s" % (run_file, e.strerror)})
     os.write(go_w, b"g")
     os.close(go_w)
@@ -662,8 +697,7 @@ def run_shim(spec, answer):
     if error:
         record["exit"]["error"] = one_line(error.decode("utf-8", "replace"))
     if record.get("cgroup") and not left:
-        with suppress(OSError):
-            os.rmdir(record["cgroup"])
+        remove_cgroup(record["cgroup"], reaping=True)
     try:
         current = read_json(run_file)
         if current and current.get("pid") == pid and current.get("start_time") == record["start_time"]:
@@ -915,8 +949,7 @@ def end_orphaned_tree(rec, timeout=2.0):
         members = tree_of(rec)
         killed.update(members)
     if not members and rec.get("cgroup"):
-        with suppress(OSError):
-            os.rmdir(rec["cgroup"])
+        remove_cgroup(rec["cgroup"], timeout=0.1)
     return sorted(killed), sorted(members)
 
 
@@ -942,6 +975,9 @@ class Agent:
         self.cgroup, self.cgroup_note = cgroup_base()  # None: subreaper containment only
         if self.cgroup is None:
             note("no cgroup per process (%s): containment by subreaper shims" % self.cgroup_note)
+        else:
+            with suppress(OSError):
+                sweep_cgroups(self.cgroup)
         self.out, self.out_lock = out, threading.Lock()
         self.names_lock, self.name_locks = threading.Lock(), {}
         self.execs = set()  # running `exec` commands, killed when the agent ends

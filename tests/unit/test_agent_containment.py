@@ -27,7 +27,6 @@ import pytest
 from tests.agent_harness import _alive, _wait_file, _wait_gone, node, run
 
 PY = sys.executable
-GIVE_UP = 10.0
 
 # The main process forks a helper and goes on; the helper writes its pid.
 FORKS_HELPER = "sleep 100001 & echo $! > {pidfile}; exec {py} -c 'import time; time.sleep(60)'"
@@ -261,3 +260,29 @@ def test_deleted_run_and_log_directories_are_recreated_on_spawn(tmp_path, launch
     for path, mode in (("run", 0o700), ("logs", 0o750)):
         st = (tmp_path / path).stat()
         assert stat.S_IMODE(st.st_mode) == mode and st.st_uid == os.getuid()
+
+
+def test_an_agent_removes_empty_cgroups_that_killed_shims_left(tmp_path, launch_id, mechanism):
+    """Only leaves of its PID namespace whose shim is gone and that are empty."""
+    if mechanism != "cgroup":
+        pytest.skip("cgroups only")
+
+    async def base():
+        async with node(tmp_path, launch_id) as n:
+            _check_mechanism(n, mechanism)
+            return n.agent.info["cgroup"]
+
+    cgroup_base = run(base())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    stale, live = Path(cgroup_base, f"{ns}.stale.g1.{dead.pid}"), Path(cgroup_base, f"{ns}.live.g1.{os.getpid()}")
+    stale.mkdir()
+    live.mkdir()
+    try:
+        run(base())
+        assert not stale.exists() and live.exists()
+    finally:
+        for p in (stale, live):
+            if p.exists():
+                p.rmdir()
