@@ -262,10 +262,10 @@ def test_deleted_run_and_log_directories_are_recreated_on_spawn(tmp_path, launch
         assert stat.S_IMODE(st.st_mode) == mode and st.st_uid == os.getuid()
 
 
-def test_an_agent_removes_empty_cgroups_that_killed_shims_left(tmp_path, launch_id, mechanism):
-    """Only leaves of its PID namespace whose shim is gone and that are empty."""
-    if mechanism != "cgroup":
-        pytest.skip("cgroups only")
+def test_an_agent_removes_empty_cgroups_that_killed_shims_left(tmp_path, launch_id, monkeypatch):
+    """Only leaves of its PID namespace whose shim is gone and that are empty (cgroups only)."""
+    monkeypatch.delenv("DYNAMO_AGENT_CGROUP", raising=False)
+    mechanism = "cgroup"
 
     async def base():
         async with node(tmp_path, launch_id) as n:
