@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -285,6 +287,42 @@ def test_down_without_a_daemon_finds_and_stops_everything(cluster):
     assert r.returncode == 0, r.stderr
     assert "stopped 4 processes" in r.stderr
     assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
+
+
+def test_down_without_a_daemon_gives_each_stage_its_grace_in_reverse_order(cluster):
+    """A dependent on h3 drains for 1 s on TERM before what it depends on (h2) is asked to stop;
+    nothing is KILLed. The TERM log lives under /var/tmp, which every bed host shares."""
+    a, b = ports(2)
+    shared = Path(tempfile.mkdtemp(prefix="dl-term-", dir="/var/tmp"))
+    log = shared / "term.log"
+    try:
+        drain = ["--term-log", str(log), "--term-delay", "1.0"]
+        c = cluster(standin_process("base", a, host="h2", extra=drain)
+                    + standin_process("top", b, host="h3", depends_on=["base"], extra=drain))
+        c.up()
+        c.kill_daemon()
+        r = c.cli("down", str(c.path))
+        assert r.returncode == 0 and "stopped 2 processes" in r.stderr, r.stderr
+        events = [line.split() for line in log.read_text().splitlines()]
+        assert [(int(port), what) for port, what, _ in events] == [(b, "TERM"), (b, "EXIT"), (a, "TERM"), (a, "EXIT")]
+        assert float(events[2][2]) >= float(events[1][2])
+        assert c.scan_all() == {"h1": [], "h2": [], "h3": []}
+        assert not Path(c.sock).exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_deleted_run_directory_on_a_node_is_recreated_by_the_next_spawn(cluster, bed):
+    (port,) = ports(1)
+    c = cluster(standin_process("web", port, host="h2", interval=0.5, threshold=3))
+    snap = c.up()
+    pid = by_name(snap)["web"]["pid"]
+    bed.exec("h2", ["rm", "-rf", f"{c.state_dir}/run"], check=True, timeout=10)
+    c.kill_on_host("h2", pid)
+    snap = c.wait(lambda s: by_name(s)["web"]["state"] == "READY" and by_name(s)["web"]["pid"] != pid, 30)
+    assert by_name(snap)["web"]["restarts"] == 1
+    mode = bed.exec("h2", ["stat", "-c", "%a", f"{c.state_dir}/run"], capture_output=True, text=True, timeout=10)
+    assert mode.stdout.strip() == "700"
 
 
 def test_sighup_reload_restarts_only_the_changed_group(cluster):
