@@ -51,8 +51,9 @@ def ray_processes(
         # dependency order and every stop (down, gang restart, reload) would wait that out and
         # end in KILL. The inventory's env can still set it.
         extra: list[tuple[str, EnvValue]] = [("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")]
-        if vllm_host_ip:
+        if vllm_host_ip:  # a vLLM Ray-executor gang: its ranks (Ray workers) inherit this env
             extra.append(("VLLM_HOST_IP", ctx.inv.host(host).address))
+            extra += ctx.network_env(host)
         return [*extra, *env]
 
     head_probe = ctx.tcp(health, head_address, port)
