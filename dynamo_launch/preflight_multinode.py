@@ -1,0 +1,117 @@
+"""Preflight for replicas that span hosts, and for the engine each host runs (pure judging).
+
+Multi-node init fails in ways that cost an hour of model loading to discover: gloo/NCCL bind
+whatever the hostname resolves to (``127.0.1.1`` on stock Debian/Ubuntu) and hang; a
+``network_interface`` that does not exist, or does not carry the host's address, sends ranks
+down the wrong wire; an engine of another version than the plan was rendered (and verified)
+for reads the flags differently. Each host's facts (``preflight.FACTS``) carry its interfaces
+with their addresses and what its hostname resolves to; this module turns them into checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from .model import Backend, Inventory
+from .plan.spec import Plan
+from .versions import ENGINE_PINS
+
+__all__ = ["engine_checks", "network_checks"]
+
+_ENGINE_PACKAGE = {Backend.VLLM: "vllm", Backend.SGLANG: "sglang", Backend.TRTLLM: "tensorrt-llm"}
+
+
+def _multi_node_hosts(plan: Plan) -> set[str]:
+    """Hosts with a process of a gang whose members run on more than one host, or mpirun's ranks."""
+    hosts_of: dict[str, set[str]] = {}
+    for p in plan.processes:
+        if p.group:
+            hosts_of.setdefault(p.group, set()).add(p.host)
+    out = {h for hosts in hosts_of.values() if len(hosts) > 1 for h in hosts}
+    for p in plan.processes:  # TRT-LLM: MPI reaches the other hosts itself
+        if p.kind == "mpirun" and "-H" in p.argv:
+            listed = p.argv[p.argv.index("-H") + 1].split(",")
+            addresses = {entry.rsplit(":", 1)[0] for entry in listed}
+            if len(addresses) > 1:
+                out.add(p.host)
+    return out
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def network_checks(inv: Inventory, plan: Plan, host: str, fact: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(name, status, detail)`` checks of ``host``'s network for the multi-node ranks it runs."""
+    if host not in _multi_node_hosts(plan):
+        return []
+    out: list[tuple[str, str, str]] = []
+    address = inv.host(host).address
+    ifname = inv.network_interface(host)
+    interfaces = fact.get("interfaces")
+    resolved = fact.get("hostname_addresses") or []
+    hostname = fact.get("hostname", "")
+    if ifname is None:
+        if any(_loopback(a) for a in resolved):
+            out.append(("network", "fail", f"hostname {hostname!r} resolves to {', '.join(resolved)}: gloo/NCCL would "
+                                           f"bind loopback and multi-node init hangs; set cluster.network_interface "
+                                           f"(or this host's network_interface) to the interface with {address}"))
+        else:
+            out.append(("network", "warn", "no network_interface: gloo/NCCL pick one by resolving the hostname "
+                                           f"({', '.join(resolved) or 'unresolved'}); set cluster.network_interface"))
+        return out
+    if interfaces is None:
+        out.append(("network", "warn", f"could not list interfaces to check {ifname!r}"))
+    elif ifname not in interfaces:
+        out.append(("network", "fail", f"network_interface {ifname!r} does not exist here (has: "
+                                       f"{', '.join(sorted(interfaces))})"))
+    elif interfaces[ifname] is not None and _is_ip(address) and address not in interfaces[ifname]:
+        where = [name for name, addrs in interfaces.items() if addrs and address in addrs]
+        hint = f"; {address} is on {', '.join(where)}" if where else f"; no interface has {address}"
+        out.append(("network", "fail", f"{ifname} does not carry this host's address {address} (it has "
+                                       f"{', '.join(interfaces[ifname]) or 'none'}){hint}"))
+    else:
+        out.append(("network", "ok", f"{ifname} carries {address}"))
+    return out
+
+
+def engine_checks(inv: Inventory, host: str, fact: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The engines ``host``'s worker groups need are installed, at the versions Dynamo pins."""
+    packages = fact.get("packages", {})
+    version = inv.cluster.dynamo_version
+    pins = ENGINE_PINS.get(version, {})
+    out: list[tuple[str, str, str]] = []
+    backends = {g.backend for g in inv.workers if host in g.hosts}
+    if not backends:
+        return out
+    dynamo = packages.get("ai-dynamo")
+    if dynamo is None:
+        out.append(("engine ai-dynamo", "fail", "not installed for the inventory's python"))
+    elif dynamo != version:
+        out.append(("engine ai-dynamo", "fail", f"{dynamo} installed, but the plan is rendered and verified for "
+                                                f"cluster.dynamo_version = {version!r}"))
+    for backend in sorted(backends, key=lambda b: b.value):
+        name = _ENGINE_PACKAGE.get(backend)
+        if name is None:
+            continue
+        have, want = packages.get(name), pins.get(name)
+        if have is None:
+            out.append((f"engine {name}", "fail", f"not installed for the inventory's python ({backend.value} workers)"))
+        elif want and have != want:
+            out.append((f"engine {name}", "warn", f"{have} installed; ai-dynamo {version} pins {want} (the version "
+                                                  f"its flags were verified with)"))
+        else:
+            out.append((f"engine {name}", "ok", have))
+    return out
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False
