@@ -14,6 +14,7 @@ import ipaddress
 from typing import Any
 
 from .model import Backend, Inventory
+from .placement import place
 from .plan.spec import Plan
 from .versions import ENGINE_PINS
 
@@ -22,20 +23,13 @@ __all__ = ["engine_checks", "network_checks"]
 _ENGINE_PACKAGE = {Backend.VLLM: "vllm", Backend.SGLANG: "sglang", Backend.TRTLLM: "tensorrt-llm"}
 
 
-def _multi_node_hosts(plan: Plan) -> set[str]:
-    """Hosts with a process of a gang whose members run on more than one host, or mpirun's ranks."""
-    hosts_of: dict[str, set[str]] = {}
-    for p in plan.processes:
-        if p.group:
-            hosts_of.setdefault(p.group, set()).add(p.host)
-    out = {h for hosts in hosts_of.values() if len(hosts) > 1 for h in hosts}
-    for p in plan.processes:  # TRT-LLM: MPI reaches the other hosts itself
-        if p.kind == "mpirun" and "-H" in p.argv:
-            listed = p.argv[p.argv.index("-H") + 1].split(",")
-            addresses = {entry.rsplit(":", 1)[0] for entry in listed}
-            if len(addresses) > 1:
-                out.add(p.host)
-    return out
+def _multi_node_hosts(inv: Inventory) -> set[str]:
+    """Hosts of worker replicas that span hosts (TRT-LLM's included: MPI reaches them itself).
+
+    Generic processes' gangs are the operator's own commands: nothing is assumed about them.
+    """
+    placement = place(inv)
+    return {n.host for replicas in placement.replicas.values() for r in replicas if r.multi_node for n in r.nodes}
 
 
 def _loopback(address: str) -> bool:
@@ -47,7 +41,7 @@ def _loopback(address: str) -> bool:
 
 def network_checks(inv: Inventory, plan: Plan, host: str, fact: dict[str, Any]) -> list[tuple[str, str, str]]:
     """``(name, status, detail)`` checks of ``host``'s network for the multi-node ranks it runs."""
-    if host not in _multi_node_hosts(plan):
+    if host not in _multi_node_hosts(inv):
         return []
     out: list[tuple[str, str, str]] = []
     address = inv.host(host).address
@@ -85,9 +79,14 @@ def engine_checks(inv: Inventory, host: str, fact: dict[str, Any]) -> list[tuple
     version = inv.cluster.dynamo_version
     pins = ENGINE_PINS.get(version, {})
     out: list[tuple[str, str, str]] = []
-    backends = {g.backend for g in inv.workers if host in g.hosts}
+    groups = [g for g in inv.workers if host in g.hosts]
+    backends = {g.backend for g in groups}
     if not backends:
         return out
+    # A PYTHONPATH in the env the workers get may bring the engine from elsewhere (a site
+    # install, a stand-in): installed metadata is then not the whole story, so only warn.
+    env_names = {k for k, _ in (*inv.env, *inv.host(host).env, *(kv for g in groups for kv in g.env))}
+    missing = "warn" if "PYTHONPATH" in env_names else "fail"
     dynamo = packages.get("ai-dynamo")
     if dynamo is None:
         out.append(("engine ai-dynamo", "fail", "not installed for the inventory's python"))
@@ -100,7 +99,8 @@ def engine_checks(inv: Inventory, host: str, fact: dict[str, Any]) -> list[tuple
             continue
         have, want = packages.get(name), pins.get(name)
         if have is None:
-            out.append((f"engine {name}", "fail", f"not installed for the inventory's python ({backend.value} workers)"))
+            hint = "; PYTHONPATH in their env may provide it" if missing == "warn" else ""
+            out.append((f"engine {name}", missing, f"not installed for the inventory's python ({backend.value} workers){hint}"))
         elif want and have != want:
             out.append((f"engine {name}", "warn", f"{have} installed; ai-dynamo {version} pins {want} (the version "
                                                   f"its flags were verified with)"))

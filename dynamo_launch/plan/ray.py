@@ -51,9 +51,11 @@ def ray_processes(
         # dependency order and every stop (down, gang restart, reload) would wait that out and
         # end in KILL. The inventory's env can still set it.
         extra: list[tuple[str, EnvValue]] = [("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")]
-        if vllm_host_ip:  # a vLLM Ray-executor gang: its ranks (Ray workers) inherit this env
+        if vllm_host_ip:
             extra.append(("VLLM_HOST_IP", ctx.inv.host(host).address))
-            extra += ctx.network_env(host)
+        # Ranks run as Ray workers and inherit the raylet's env: bind gloo/NCCL to the cluster NIC
+        # (a vLLM Ray-executor gang, or a bare cluster's own workloads such as `vllm serve`).
+        extra += ctx.network_env(host)
         return [*extra, *env]
 
     head_probe = ctx.tcp(health, head_address, port)

@@ -72,6 +72,25 @@ def _ray_expect(inv: Inventory, spec: ProcessSpec) -> dict[str, object]:
     return {"head": False, "address": f"{head_spec.address}:{port}", "node_ip_address": spec.address, "block": True}
 
 
+def _serve_model(args: tuple[str, ...], model_dir: str) -> list[str]:
+    """``serve MODEL …`` with the positional model swapped for the tiny one."""
+    out = list(args)
+    if len(out) > 1 and not out[1].startswith("-"):
+        out[1] = model_dir
+    return out
+
+
+def _serve_expect(inv: Inventory, spec: ProcessSpec) -> dict[str, object]:
+    """A ``vllm serve`` next to the inventory's Ray cluster uses it, listening where it is probed."""
+    e: dict[str, object] = {}
+    if inv.ray is not None and spec.host in (inv.ray.head, *inv.ray.workers):
+        e["distributed_executor_backend"] = "ray"
+    for gate in (spec.readiness,):
+        if gate.port:
+            e["port"] = gate.port
+    return e
+
+
 def _replica_of(inv: Inventory, name: str) -> tuple[Replica, int] | None:
     placement = place(inv)
     for replicas in placement.replicas.values():
@@ -143,6 +162,10 @@ def cases_for(inv: Inventory, label: str, model_dir: str) -> list[Case]:
     for spec in build(inv).processes:
         if spec.argv[0].rsplit("/", 1)[-1] == "ray" and spec.argv[1:2] == ("start",):
             out.append(Case(f"{label}:{spec.name}", "ray", list(spec.argv[1:]), _ray_expect(inv, spec), label))
+            continue
+        if spec.argv[0].rsplit("/", 1)[-1] == "vllm" and spec.argv[1:2] == ("serve",):
+            out.append(Case(f"{label}:{spec.name}", "vllm-serve", _with_model(_serve_model(spec.argv[1:], model_dir), model_dir),
+                            _serve_expect(inv, spec), label))  # fmt: skip
             continue
         found = engine_argv(spec.argv)
         if found is None:

@@ -23,6 +23,7 @@ What is real and what is not (docs/conformance.md says the same):
   own ``dynamo.trtllm.args.parse_args`` runs; the one thing it takes from TensorRT-LLM (four
   default values of ``BaseLlmArgs``) is stubbed below.
 * mocker, frontend: Dynamo's own parsers.
+* ``vllm serve`` (a generic process): vLLM's own ``serve`` subcommand parser and engine config.
 * ``ray start``: Ray's own click command (``make_context``: parsed, never run).
 """
 
@@ -162,6 +163,30 @@ def _frontend(argv: list[str]) -> dict:
     return {"http_port": config.http_port, "router_mode": str(getattr(config, "router_mode", ""))}
 
 
+def _vllm_serve(argv: list[str]) -> dict:
+    """Plain ``vllm serve`` (no Dynamo): vLLM's own CLI subcommand parser, then its engine config."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:
+        from vllm.utils import FlexibleArgumentParser  # type: ignore[no-redef]
+
+    parser = FlexibleArgumentParser()
+    command = ServeSubcommand()
+    command.subparser_init(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    command.validate(args)
+    if getattr(args, "model_tag", None) is not None:  # as ServeSubcommand.cmd does
+        args.model = args.model_tag
+    vc = AsyncEngineArgs.from_cli_args(args).create_engine_config(headless=bool(args.headless))
+    pc = vc.parallel_config
+    return {"tensor_parallel_size": pc.tensor_parallel_size, "pipeline_parallel_size": pc.pipeline_parallel_size,
+            "distributed_executor_backend": str(pc.distributed_executor_backend), "port": args.port,
+            "host": args.host}  # fmt: skip
+
+
 def _ray(argv: list[str]) -> dict:
     """``ray start ...`` through Ray's own click command, parsed but not run."""
     from ray.scripts.scripts import start
@@ -173,7 +198,7 @@ def _ray(argv: list[str]) -> dict:
             "node_ip_address": p.get("node_ip_address"), "block": bool(p["block"])}  # fmt: skip
 
 
-_KINDS = {"ray": _ray, "vllm": _vllm, "sglang": _sglang, "trtllm": _trtllm, "mocker": _mocker, "frontend": _frontend}
+_KINDS = {"ray": _ray, "vllm-serve": _vllm_serve, "vllm": _vllm, "sglang": _sglang, "trtllm": _trtllm, "mocker": _mocker, "frontend": _frontend}
 
 
 def versions() -> dict:

@@ -118,7 +118,7 @@ def test_issue_findings_reproduce_on_the_real_engines(case: Case, engine_results
 
 def test_matrix_covers_every_backend_and_layout() -> None:
     """The generated matrix reaches every parser kind (a refactor must not silently drop one)."""
-    assert {c.kind for c in CASES} == {"vllm", "sglang", "trtllm", "mocker", "frontend", "ray"}
+    assert {c.kind for c in CASES} == {"vllm", "sglang", "trtllm", "mocker", "frontend", "ray", "vllm-serve"}
     assert any(c.expect.get("distributed_executor_backend") == "ray" for c in CASES)
     assert any(c.expect.get("data_parallel_hybrid_lb") is True for c in CASES)
     assert any(c.expect.get("headless") is True and "data_parallel_rank" in c.expect for c in CASES)
