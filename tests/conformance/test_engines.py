@@ -71,7 +71,10 @@ def engine_results() -> dict:
     """Every case through the real parsers, in one batch: ``{"versions", "results": {id: result}}``."""
     if not ENGINES_PYTHON.exists():
         _missing_engines(f"engines environment not found ({ENGINES_PYTHON})")
-    pytest.importorskip("tokenizers", reason="scripts/make-tiny-model needs tokenizers (test extras)")
+    try:
+        import tokenizers  # noqa: F401  (scripts/make-tiny-model needs it: the test extras)
+    except ImportError:
+        _missing_engines("tokenizers is not installed (the test extras: scripts/bootstrap test)")
     _tiny_model()
     request = json.dumps({"cases": [c.request() for c in [*CASES, *FINDINGS]]})
     proc = subprocess.run([str(ENGINES_PYTHON), str(CHECKER)], input=request, capture_output=True, text=True,
@@ -122,3 +125,13 @@ def test_matrix_covers_every_backend_and_layout() -> None:
     assert any(c.expect.get("distributed_executor_backend") == "ray" for c in CASES)
     assert any(c.expect.get("data_parallel_hybrid_lb") is True for c in CASES)
     assert any(c.expect.get("headless") is True and "data_parallel_rank" in c.expect for c in CASES)
+
+
+def test_a_missing_engines_env_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI builds the env, so there its absence is a broken build, never a silent skip."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="broken build"):
+        _missing_engines("engines environment not found (/nowhere)")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="scripts/engines-env"):
+        _missing_engines("engines environment not found (/nowhere)")
