@@ -10,8 +10,9 @@ with ``--distributed-executor-backend ray``); data parallel across hosts
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from ..model import DpLoadBalancing, Executor, Role
+from ..model import DpLoadBalancing, EnvValue, Executor, Role
 from ..placement import Replica
 from ..tomlpos import KeyPath
 from .context import Context
@@ -51,7 +52,7 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
         base += ["--pipeline-parallel-size", str(group.pipeline_parallel_size)]
     env = [("VLLM_CACHE_ROOT", ctx.inv.cluster.vllm_cache_root)] if ctx.inv.cluster.vllm_cache_root else []
 
-    def host_env(host: str) -> list:
+    def host_env(host: str) -> list[tuple[str, EnvValue]]:
         # NIXL's side channel on the node's own address whenever KV moves between workers; the
         # gloo/NCCL interface wherever ranks of one replica span hosts.
         disagg = group.role is not Role.AGGREGATED
@@ -97,7 +98,8 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
     return procs
 
 
-def _data_parallel(ctx: Context, replica: Replica, path: KeyPath, argv_for, host_env) -> list[ProcessSpec]:  # type: ignore[no-untyped-def]
+def _data_parallel(ctx: Context, replica: Replica, path: KeyPath, argv_for: Callable[[str, list[str]], list[str]],
+                   host_env: Callable[[str], list[tuple[str, EnvValue]]]) -> list[ProcessSpec]:  # fmt: skip
     """DP across hosts, in the form ``dp_load_balancing`` names (both checked with vLLM 0.31).
 
     ``hybrid``: every node runs a full Dynamo worker with ``--data-parallel-hybrid-lb
