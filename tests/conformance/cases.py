@@ -36,6 +36,7 @@ class Case:
     argv: list[str]
     expect: dict[str, object] = field(default_factory=dict)
     source: str = ""
+    dynamo_version: str = SUPPORTED_DYNAMO_VERSIONS[-1]
 
     def request(self) -> dict:
         """The JSON ``engine_check.py`` reads."""
@@ -158,20 +159,22 @@ def expectations(inv: Inventory, spec: ProcessSpec, kind: str) -> dict[str, obje
 
 def cases_for(inv: Inventory, label: str, model_dir: str) -> list[Case]:
     """One case per Dynamo process of the plan of ``inv``."""
+    version = inv.cluster.dynamo_version
     out = []
     for spec in build(inv).processes:
         if spec.argv[0].rsplit("/", 1)[-1] == "ray" and spec.argv[1:2] == ("start",):
-            out.append(Case(f"{label}:{spec.name}", "ray", list(spec.argv[1:]), _ray_expect(inv, spec), label))
+            out.append(Case(f"{label}:{spec.name}", "ray", list(spec.argv[1:]), _ray_expect(inv, spec), label, version))
             continue
         if spec.argv[0].rsplit("/", 1)[-1] == "vllm" and spec.argv[1:2] == ("serve",):
             out.append(Case(f"{label}:{spec.name}", "vllm-serve", _with_model(_serve_model(spec.argv[1:], model_dir), model_dir),
-                            _serve_expect(inv, spec), label))  # fmt: skip
+                            _serve_expect(inv, spec), label, version))  # fmt: skip
             continue
         found = engine_argv(spec.argv)
         if found is None:
             continue
         kind, args = found
-        out.append(Case(f"{label}:{spec.name}", kind, _with_model(args, model_dir), expectations(inv, spec, kind), label))
+        out.append(Case(f"{label}:{spec.name}", kind, _with_model(args, model_dir), expectations(inv, spec, kind), label,
+                        version))  # fmt: skip
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -205,10 +206,12 @@ def versions() -> dict:
     """Installed versions of what the checks run, for the report."""
     out = {}
     for dist in ("ai-dynamo", "ai-dynamo-runtime", "vllm", "sglang", "tensorrt-llm", "torch", "ray"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
+        try:  # the first on sys.path, as the import system sees it (a dynamo_path included)
+            out[dist] = importlib.metadata.distribution(dist).version
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
+    spec = importlib.util.find_spec("dynamo.vllm")  # where the code that parses really comes from
+    out["dynamo.vllm"] = spec.origin if spec else None
     return out
 
 
@@ -232,8 +235,14 @@ def run_case(case: dict) -> dict:
 
 
 def main() -> None:
-    """Read ``{"cases": [...]}`` on stdin; print ``{"versions", "results"}`` on stdout."""
+    """Read ``{"cases": [...]}`` on stdin; print ``{"versions", "results"}`` on stdout.
+
+    ``"dynamo_path"`` in the request: a folder holding another ai-dynamo release's wheels
+    (``scripts/engines-env``), put first on ``sys.path`` before any import.
+    """
     request = json.load(sys.stdin)
+    if request.get("dynamo_path"):
+        sys.path.insert(0, request["dynamo_path"])
     out = sys.stdout
     sys.stdout = sys.stderr  # engines print on import; keep stdout for the answer
     if request.get("versions_only"):

@@ -76,25 +76,39 @@ def engine_results() -> dict:
     except ImportError:
         _missing_engines("tokenizers is not installed (the test extras: scripts/bootstrap test)")
     _tiny_model()
-    request = json.dumps({"cases": [c.request() for c in [*CASES, *FINDINGS]]})
-    proc = subprocess.run([str(ENGINES_PYTHON), str(CHECKER)], input=request, capture_output=True, text=True,
-                          timeout=1200, cwd="/tmp")  # fmt: skip
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-15:]
-        if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
-            _missing_engines("engines environment incomplete:\n" + "\n".join(tail))
-        pytest.fail("engine_check.py failed:\n" + "\n".join(tail))
-    answer = json.loads(proc.stdout)
-    return {"versions": answer["versions"], "results": {r["id"]: r for r in answer["results"]}}
+    by_version: dict[str, list[Case]] = {}
+    for c in [*CASES, *FINDINGS]:
+        by_version.setdefault(c.dynamo_version, []).append(c)
+    versions, results = {}, {}
+    for version, cases in by_version.items():  # one subprocess per Dynamo release
+        folder = ENGINES_PYTHON.parent.parent / f"dynamo-{version}"
+        dynamo_path = str(folder) if folder.is_dir() else ""  # absent: the venv's own ai-dynamo
+        request = json.dumps({"dynamo_path": dynamo_path, "cases": [c.request() for c in cases]})
+        proc = subprocess.run([str(ENGINES_PYTHON), str(CHECKER)], input=request, capture_output=True, text=True,
+                              timeout=1200, cwd="/tmp")  # fmt: skip
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-15:]
+            if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
+                _missing_engines("engines environment incomplete:\n" + "\n".join(tail))
+            pytest.fail("engine_check.py failed:\n" + "\n".join(tail))
+        answer = json.loads(proc.stdout)
+        versions[version] = answer["versions"]
+        results.update({r["id"]: r for r in answer["results"]})
+    return {"versions": versions, "results": results}
 
 
-def test_engine_versions_are_the_pinned_ones(engine_results: dict) -> None:
-    """The suite checks the engines ai-dynamo 1.6.1 pins, not whatever happens to be installed."""
-    from dynamo_launch.versions import ENGINE_PINS
+def test_every_accepted_dynamo_version_ran_with_the_engines_it_pins(engine_results: dict) -> None:
+    """Each accepted release's cases ran under that very ai-dynamo, with the vLLM/SGLang it pins."""
+    from dynamo_launch.versions import ENGINE_PINS, SUPPORTED_DYNAMO_VERSIONS
 
-    pins = ENGINE_PINS[engine_results["versions"]["ai-dynamo"]]
-    got = engine_results["versions"]
-    assert got["vllm"] == pins["vllm"] and got["sglang"] == pins["sglang"], got
+    assert set(engine_results["versions"]) == set(SUPPORTED_DYNAMO_VERSIONS)
+    for version, got in engine_results["versions"].items():
+        pins = ENGINE_PINS[version]
+        assert got["ai-dynamo"] == version and got["ai-dynamo-runtime"] == version, got
+        assert got["vllm"] == pins["vllm"] and got["sglang"] == pins["sglang"], got
+        folder = ENGINES_PYTHON.parent.parent / f"dynamo-{version}"
+        if folder.is_dir():  # that release's own code parsed, not the venv's newer one
+            assert str(got["dynamo.vllm"]).startswith(str(folder)), got
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

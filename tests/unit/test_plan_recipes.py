@@ -67,7 +67,7 @@ def test_vllm_role_flags_from_1_0_use_disaggregation_mode_and_nixl() -> None:
 
 def test_unverified_dynamo_versions_are_refused() -> None:
     # 0.9.0 spelled prefill --is-prefill-worker, which 1.4+ rejects: only verified releases render.
-    with pytest.raises(InventoryError, match=r"dynamo_version: '0.9.0' is not a verified Dynamo release; accepted: 1.6.1"):
+    with pytest.raises(InventoryError, match=r"dynamo_version: '0.9.0' is not a verified Dynamo release; accepted: 1.6.0, 1.6.1"):
         _plan(DISAGG.format(backend="vllm"), version="0.9.0")
 
 
