@@ -121,6 +121,13 @@ def interfaces():
             return {n: None for _, n in socket.if_nameindex()}
         except Exception:
             return None
+def found(module):
+    # would `python -m module` find it? (find_spec imports the parent package only)
+    try:
+        import importlib.util
+        return importlib.util.find_spec(module) is not None
+    except Exception:
+        return False
 def resolved(name):
     import socket
     try:
@@ -135,6 +142,7 @@ facts = {
     "listening": listening(),
     "hostname": platform.node(),
     "hostname_addresses": resolved(platform.node()),
+    "modules": {m: found(m) for m in ("dynamo.vllm", "dynamo.sglang", "dynamo.trtllm", "dynamo.mocker", "dynamo.frontend")},
     "interfaces": interfaces(),
 }
 if "binaries" in head:

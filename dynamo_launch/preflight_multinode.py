@@ -93,7 +93,12 @@ def engine_checks(inv: Inventory, host: str, fact: dict[str, Any]) -> list[tuple
     elif dynamo != version:
         out.append(("engine ai-dynamo", "fail", f"{dynamo} installed, but the plan is rendered and verified for "
                                                 f"cluster.dynamo_version = {version!r}"))
+    modules = fact.get("modules") or {}
     for backend in sorted(backends, key=lambda b: b.value):
+        module = f"dynamo.{backend.value}"
+        if modules and not modules.get(module):
+            out.append((f"engine {module}", missing, f"`python -m {module}` would fail: no such module for the "
+                                                     f"inventory's python"))
         name = _ENGINE_PACKAGE.get(backend)
         if name is None:
             continue

@@ -100,3 +100,12 @@ def test_facts_program_reports_interfaces_and_the_resolved_hostname() -> None:
     assert "lo" in facts["interfaces"]
     assert facts["interfaces"]["lo"] is None or "127.0.0.1" in facts["interfaces"]["lo"]
     assert isinstance(facts["hostname_addresses"], list)
+    assert set(facts["modules"]) >= {"dynamo.vllm", "dynamo.mocker"}
+
+
+def test_a_backend_module_python_cannot_find_fails() -> None:
+    inv, plan = _inv(tp=8)
+    no_vllm = {"dynamo.vllm": False, "dynamo.mocker": True}
+    checks = _checks(inv, plan, a=_fact(modules=no_vllm), b=_fact(modules={"dynamo.vllm": True}))
+    assert checks[("a", "engine dynamo.vllm")].status == "fail"
+    assert ("b", "engine dynamo.vllm") not in checks
