@@ -18,8 +18,10 @@ from . import rules
 from .addresses import split_hostport, valid_address
 from .errors import InventoryError, Problem
 from .model import (
+    WORKER_STARTUP_TIMEOUT,
     Backend,
     Cluster,
+    DpLoadBalancing,
     EnvValue,
     EtcdSettings,
     Executor,
@@ -39,6 +41,7 @@ from .model import (
 )
 from .reader import ENV_NAME, HOSTNAME, NAME, Reader
 from .tomlpos import KeyPath, LineMap
+from .versions import SUPPORTED_DYNAMO_VERSIONS
 
 __all__ = ["load", "parse", "read_text"]
 
@@ -47,6 +50,8 @@ _SSH = {"user", "port", "key_file", "known_hosts", "connect_timeout", "keepalive
 _RESTART = {"policy", "backoff_initial", "backoff_max", "reset_after", "max_restarts", "restart_window", "stop_timeout"}
 _HEALTH = {"check", "port", "path", "command", "startup_timeout", "start_secs", "interval", "timeout", "failure_threshold"}
 _CHECKS = ("auto", "process", "tcp", "http", "command")
+# A Linux interface name (IFNAMSIZ is 16 with the NUL): it lands in GLOO/NCCL_SOCKET_IFNAME.
+_IFNAME = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}"
 
 # Names that say "this is a credential": a literal value under such a name is refused.
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|(^|_)KEY$", re.IGNORECASE)
@@ -150,11 +155,15 @@ class _Loader:
 
     def cluster(self, t: dict[str, Any]) -> Cluster:
         r, p = self.r, ("cluster",)
-        r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root", "metrics"})
+        r.table(t, p, {"name", "head", "state_dir", "python", "dynamo_version", "system_port", "vllm_cache_root", "metrics",
+                       "network_interface"})  # fmt: skip
         name = r.get(t, p, "name", str, pattern=NAME)
         version = r.get(t, p, "dynamo_version", str, Cluster.dynamo_version)
-        if not re.fullmatch(r"\d+(\.\d+){0,2}([a-z.+-].*)?", version):
-            r.problem(p + ("dynamo_version",), f"{version!r} is not a version like 1.6.1")
+        if isinstance(version, str) and version not in SUPPORTED_DYNAMO_VERSIONS:
+            # Flag spellings differ between releases; only versions whose real parsers the
+            # conformance suite runs are rendered (dynamo_launch/versions.py).
+            r.problem(p + ("dynamo_version",), f"{version!r} is not a verified Dynamo release; accepted: "
+                                               f"{', '.join(SUPPORTED_DYNAMO_VERSIONS)}")
         return Cluster(
             name=name,
             head=r.get(t, p, "head", str),
@@ -164,6 +173,7 @@ class _Loader:
             system_port=r.port(t, p, "system_port", Cluster.system_port),
             vllm_cache_root=self.path(t, p, "vllm_cache_root", None, absolute=True),
             metrics=self.metrics(t, p),
+            network_interface=r.get(t, p, "network_interface", str, None, pattern=_IFNAME),
         )
 
     def metrics(self, t: dict[str, Any], p: KeyPath) -> str:
@@ -188,7 +198,7 @@ class _Loader:
 
     def host(self, t: dict[str, Any], p: KeyPath, ssh: SshSettings) -> Host:
         r = self.r
-        r.table(t, p, {"name", "address", "gpus", "local", "python", "labels", "ssh"})
+        r.table(t, p, {"name", "address", "gpus", "local", "python", "labels", "ssh", "env", "network_interface"})
         address = r.get(t, p, "address", str)
         if address and not valid_address(address):
             r.problem(p + ("address",), f"{address!r} is neither an IP address nor a host name")
@@ -204,6 +214,8 @@ class _Loader:
             local=r.get(t, p, "local", bool, False),
             python=r.get(t, p, "python", str, None),
             labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
+            env=self.env(t.get("env", {}), p + ("env",)),
+            network_interface=r.get(t, p, "network_interface", str, None, pattern=_IFNAME),
         )
 
     def nats(self, raw: Any, p: KeyPath) -> NatsSettings:
@@ -268,7 +280,7 @@ class _Loader:
             {
                 "name", "backend", "role", "model", "hosts", "tensor_parallel_size", "pipeline_parallel_size",
                 "data_parallel_size", "replicas", "executor", "master_port", "ray_port", "dp_rpc_port",
-                "extra_args", "env", "restart", "health",
+                "dp_load_balancing", "extra_args", "env", "restart", "health",
             },
         )  # fmt: skip
         return WorkerGroup(
@@ -288,10 +300,11 @@ class _Loader:
             master_port=r.port(t, p, "master_port", WorkerGroup.master_port),
             ray_port=r.port(t, p, "ray_port", WorkerGroup.ray_port),
             dp_rpc_port=r.port(t, p, "dp_rpc_port", WorkerGroup.dp_rpc_port),
+            dp_load_balancing=r.choice(t, p, "dp_load_balancing", DpLoadBalancing, WorkerGroup.dp_load_balancing),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),
-            health=self.health(t, p),
+            health=self.health(t, p, startup_timeout=WORKER_STARTUP_TIMEOUT),
         )
 
     def ray(self, raw: Any, p: KeyPath) -> RayCluster:
@@ -366,7 +379,7 @@ class _Loader:
             r.problem(p + ("backoff_max",), f"must be ≥ backoff_initial ({restart.backoff_initial:g})")
         return restart
 
-    def health(self, parent: dict[str, Any], p: KeyPath) -> Health:
+    def health(self, parent: dict[str, Any], p: KeyPath, *, startup_timeout: float = Health.startup_timeout) -> Health:
         r = self.r
         p = p + ("health",)
         t = r.table(parent.get("health", {}), p, _HEALTH)
@@ -375,7 +388,7 @@ class _Loader:
             port=r.port(t, p, "port", Health.port),
             path=r.get(t, p, "path", str, Health.path, pattern=r"/[^\s]*"),
             command=r.strings(t, p, "command", Health.command),
-            startup_timeout=r.get(t, p, "startup_timeout", float, Health.startup_timeout, minimum=0),
+            startup_timeout=r.get(t, p, "startup_timeout", float, startup_timeout, minimum=0),
             start_secs=r.get(t, p, "start_secs", float, Health.start_secs, minimum=0),
             interval=r.get(t, p, "interval", float, Health.interval, minimum=0.05),
             timeout=r.get(t, p, "timeout", float, Health.timeout, minimum=0.05),

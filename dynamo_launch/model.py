@@ -11,9 +11,13 @@ import enum
 import functools
 from dataclasses import dataclass, field
 
+from .versions import SUPPORTED_DYNAMO_VERSIONS
+
 __all__ = [
+    "WORKER_STARTUP_TIMEOUT",
     "Backend",
     "Cluster",
+    "DpLoadBalancing",
     "EnvValue",
     "EtcdSettings",
     "Executor",
@@ -55,6 +59,19 @@ class Executor(str, enum.Enum):
 
     MP = "mp"
     RAY = "ray"
+
+
+class DpLoadBalancing(str, enum.Enum):
+    """How a data-parallel replica that spans hosts spreads requests over its DP ranks.
+
+    ``hybrid`` (the Dynamo operator's form, and what Dynamo 1.6.1's vLLM worker recommends):
+    every node runs a full Dynamo worker serving its own local ranks, and Dynamo's router
+    balances across them. ``internal``: only the leader is a Dynamo worker; vLLM's engine core
+    there balances over every rank, the other nodes run ``--headless``.
+    """
+
+    HYBRID = "hybrid"
+    INTERNAL = "internal"
 
 
 class RestartPolicy(str, enum.Enum):
@@ -108,6 +125,8 @@ class Host:
     local: bool = False
     python: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, EnvValue], ...] = ()  # this host's processes only; over [env], under a group's env
+    network_interface: str | None = None  # overrides the cluster's: the NIC ranks talk over here
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,12 @@ class Restart:
     max_restarts: int = 5
     restart_window: float = 600.0
     stop_timeout: float = 30.0
+
+
+WORKER_STARTUP_TIMEOUT = 7200.0
+"""A worker group's default ``health.startup_timeout``: loading a 405B/671B model takes far longer
+than any other process needs to come up (the Dynamo operator gives workers 2 h); every other
+process keeps :attr:`Health.startup_timeout`."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +241,7 @@ class WorkerGroup:
     master_port: int = 29500
     ray_port: int = 6379
     dp_rpc_port: int = 13445
+    dp_load_balancing: DpLoadBalancing = DpLoadBalancing.HYBRID
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, EnvValue], ...] = ()
     restart: Restart = Restart()
@@ -266,17 +292,19 @@ class Cluster:
     """Cluster-wide settings.
 
     ``metrics`` is ``host:port`` of the daemon's Prometheus endpoint (``[::1]:9400`` for IPv6),
-    or ``""``: none.
+    or ``""``: none. ``network_interface`` names the interface that carries the hosts'
+    ``address``es: multi-node ranks bind gloo/NCCL to it (a host can override it).
     """
 
     name: str
     head: str
     state_dir: str
     python: str = "python3"
-    dynamo_version: str = "1.6.1"
+    dynamo_version: str = SUPPORTED_DYNAMO_VERSIONS[-1]
     system_port: int = 9090
     vllm_cache_root: str | None = None
     metrics: str = "127.0.0.1:9400"
+    network_interface: str | None = None  # the NIC cross-node ranks use (GLOO/NCCL_SOCKET_IFNAME)
 
 
 @dataclass(frozen=True)
@@ -304,6 +332,10 @@ class Inventory:
         # The planner looks hosts up per process: a linear scan made plans of hundreds of hosts
         # quadratic. First entry wins, as the scan did (duplicates are a validation problem).
         return {h.name: h for h in reversed(self.hosts)}
+
+    def network_interface(self, host: str) -> str | None:
+        """The interface ranks on ``host`` talk over: the host's own, else the cluster's."""
+        return self.host(host).network_interface or self.cluster.network_interface
 
     @property
     def head(self) -> Host:

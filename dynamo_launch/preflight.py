@@ -25,6 +25,7 @@ from . import secrets
 from .errors import DynamoLaunchError
 from .model import Inventory, SecretRef
 from .plan.spec import Env, Plan
+from .preflight_multinode import engine_checks, network_checks
 from .transport.base import Transport
 
 __all__ = ["Check", "FACTS", "head_probes", "judge", "nats_auth_problems", "run_preflight"]
@@ -109,6 +110,30 @@ def endpoint(want):
             except OSError:
                 pass
         return {"ok": False, "detail": "%s" % (reason if str(reason) else type(e).__name__)}
+def interfaces():
+    # name -> its addresses (None: names only); for the network_interface check
+    try:
+        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10)
+        return {i["ifname"]: [a["local"] for a in i.get("addr_info", []) if "local" in a] for i in json.loads(out.stdout)}
+    except Exception:
+        try:
+            import socket
+            return {n: None for _, n in socket.if_nameindex()}
+        except Exception:
+            return None
+def found(module):
+    # would `python -m module` find it? (find_spec imports the parent package only)
+    try:
+        import importlib.util
+        return importlib.util.find_spec(module) is not None
+    except Exception:
+        return False
+def resolved(name):
+    import socket
+    try:
+        return sorted({a[4][0] for a in socket.getaddrinfo(name, None)})
+    except Exception:
+        return []
 head = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 facts = {
     "python": platform.python_version(),
@@ -116,6 +141,9 @@ facts = {
     "gpus": gpus,
     "listening": listening(),
     "hostname": platform.node(),
+    "hostname_addresses": resolved(platform.node()),
+    "modules": {m: found(m) for m in ("dynamo.vllm", "dynamo.sglang", "dynamo.trtllm", "dynamo.mocker", "dynamo.frontend")},
+    "interfaces": interfaces(),
 }
 if "binaries" in head:
     facts["binaries"] = {k: binary(w) for k, w in head["binaries"].items()}
@@ -170,6 +198,9 @@ def judge(inv: Inventory, plan: Plan, facts: dict[str, dict | str], *, adopting:
             checks.append(Check(host.name, "gpus", "fail", f"nvidia-smi sees {gpus}, inventory says {host.gpus}"))
         else:
             checks.append(Check(host.name, "gpus", "ok", str(gpus)))
+        # Multi-node ranks' network and the engines' versions (preflight_multinode).
+        for name, status, detail in [*network_checks(inv, plan, host.name, fact), *engine_checks(inv, host.name, fact)]:
+            checks.append(Check(host.name, name, status, detail))
         if host.name == plan.head:
             checks += _binary_checks(inv, host.name, fact.get("binaries"))
             checks += _endpoint_checks(inv, plan, host.name, fact.get("endpoints"))

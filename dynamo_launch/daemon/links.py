@@ -23,8 +23,8 @@ from typing import Any
 import structlog
 
 from ..errors import DynamoLaunchError, TransportError
-from ..retry import RetryDelay
 from ..plan.spec import PlanHost
+from ..retry import RetryDelay
 from ..transport import AgentClient, Transport
 
 __all__ = ["HostLink"]

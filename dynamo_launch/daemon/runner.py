@@ -21,10 +21,38 @@ import structlog
 from .. import secrets
 from ..errors import AgentError, CommandTimeout, DynamoLaunchError, IllegalTransition, TransportError
 from ..plan.spec import Gang, Plan, Probe, ProbeKind, ProcessSpec
-from ..supervisor import (Adopted, CancelTimer, ClearFailed, DepsReady, Exited, GangAdopted, GangMachine, GangState, HostBack,
-                          HostLost, Kill, MemberDown, MemberReady, MemberStopped, Notify, ProbeResult, Resume,
-                          ProcessMachine, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, State,
-                          Stop, StopMember, StopProbes, TimerFired)
+from ..supervisor import (
+    Adopted,
+    CancelTimer,
+    ClearFailed,
+    DepsReady,
+    Exited,
+    GangAdopted,
+    GangMachine,
+    GangState,
+    HostBack,
+    HostLost,
+    Kill,
+    MemberDown,
+    MemberReady,
+    MemberStopped,
+    Notify,
+    ProbeResult,
+    ProcessMachine,
+    Resume,
+    SetTimer,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    StartMember,
+    StartProbes,
+    State,
+    Stop,
+    StopMember,
+    StopProbes,
+    TimerFired,
+)
 from .links import HostLink
 from .probes import RayTables, run_probe
 from .reconcile import Adoption, strays

@@ -25,12 +25,19 @@ from typing import Any
 
 import structlog
 
-from ..control import ControlServer, socket_path
-from ..errors import (AlreadyRunning, DynamoLaunchError, InventoryError, LeaderHeld, MirrorError, PreflightFailed,
-                      SecretError)
 from .. import secrets
-from ..eventbus import EventBus
 from ..addresses import split_hostport
+from ..control import ControlServer, socket_path
+from ..errors import (
+    AlreadyRunning,
+    DynamoLaunchError,
+    InventoryError,
+    LeaderHeld,
+    MirrorError,
+    PreflightFailed,
+    SecretError,
+)
+from ..eventbus import EventBus
 from ..load import load_plan
 from ..metrics import MetricsServer
 from ..metrics import render as render_metrics
@@ -44,9 +51,9 @@ from ..sdnotify import Notifier
 from ..state import StateFile
 from ..supervisor import Notify, State
 from ..transport import Transport, make_transport
+from . import reload
 from .links import HostLink
 from .reconcile import Adoption, pick_launch_id, plan_adoption
-from . import reload
 from .requests import handle
 from .runner import Runner
 from .snapshot import snapshot

@@ -65,6 +65,22 @@ class Context:
         self._system_ports[host] = port + 1
         return port
 
+    def network_env(self, host: str, *, nixl: bool = False) -> list[tuple[str, EnvValue]]:
+        """Pin cross-node traffic of ``host``'s ranks to the cluster network.
+
+        gloo and NCCL pick an interface by resolving the hostname, which on stock Debian/Ubuntu
+        is 127.0.1.1: multi-node init then hangs. With ``network_interface`` set they bind that
+        interface. ``nixl``: vLLM's NIXL side channel (KV transfer between disaggregated
+        workers) listens on the node's inventory address rather than whatever it guesses.
+        """
+        out: list[tuple[str, EnvValue]] = []
+        ifname = self.inv.network_interface(host)
+        if ifname:
+            out += [("GLOO_SOCKET_IFNAME", ifname), ("NCCL_SOCKET_IFNAME", ifname)]
+        if nixl:
+            out.append(("VLLM_NIXL_SIDE_CHANNEL_HOST", self.inv.host(host).address))
+        return out
+
     def dynamo_env(self) -> list[tuple[str, EnvValue]]:
         """Discovery endpoints every Dynamo process gets, and NATS credentials (secret references) when set."""
         return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url), *self.inv.nats.auth]
@@ -90,11 +106,12 @@ class Context:
         """A :class:`ProcessSpec` with the common parts filled in.
 
         Env precedence, lowest first: the recipe's ``env``, the cluster's
-        ``[env]``, then ``user_env`` (the group's own ``env``) — what the
-        operator wrote wins over what the launcher derives.
+        ``[env]``, the host's ``env``, then ``user_env`` (the group's own
+        ``env``) — what the operator wrote wins over what the launcher derives,
+        and the narrower scope wins over the wider.
         """
         merged: dict[str, EnvValue] = {}
-        for k, v in (*env, *self.inv.env, *user_env):
+        for k, v in (*env, *self.inv.env, *self.inv.host(host).env, *user_env):
             merged.pop(k, None)  # re-insert so the final order shows precedence
             merged[k] = v
         return ProcessSpec(

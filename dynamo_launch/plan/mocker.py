@@ -1,9 +1,8 @@
 """Dynamo's CPU-only mocker engine, ``python -m dynamo.mocker`` (pure recipe).
 
 It registers like a real worker and takes the same roles, so a whole
-deployment can be rehearsed without GPUs. Flag spelling follows the Dynamo
-version like vLLM's: ``--is-prefill-worker``/``--is-decode-worker`` before 1.0,
-``--disaggregation-mode`` from 1.0.
+deployment can be rehearsed without GPUs. Roles are ``--disaggregation-mode``
+(``--is-prefill-worker``/``--is-decode-worker`` still parse in 1.6.1 but warn).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from ..placement import Replica
 from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
-from .workers import leader_spec, version_at_least
+from .workers import leader_spec
 
 __all__ = ["processes"]
 
@@ -27,8 +26,5 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
         argv += ["--data-parallel-size", str(group.data_parallel_size)]
     argv += list(group.extra_args)
     if group.role is not Role.AGGREGATED:
-        if version_at_least(ctx.inv.cluster.dynamo_version, 1, 0):
-            argv += ["--disaggregation-mode", group.role.value]
-        else:
-            argv.append(f"--is-{group.role.value}-worker")
+        argv += ["--disaggregation-mode", group.role.value]
     return [leader_spec(ctx, replica, path, argv)]

@@ -53,6 +53,9 @@ def ray_processes(
         extra: list[tuple[str, EnvValue]] = [("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")]
         if vllm_host_ip:
             extra.append(("VLLM_HOST_IP", ctx.inv.host(host).address))
+        # Ranks run as Ray workers and inherit the raylet's env: bind gloo/NCCL to the cluster NIC
+        # (a vLLM Ray-executor gang, or a bare cluster's own workloads such as `vllm serve`).
+        extra += ctx.network_env(host)
         return [*extra, *env]
 
     head_probe = ctx.tcp(health, head_address, port)

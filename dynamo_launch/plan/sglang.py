@@ -35,11 +35,15 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
             dist = ["--dist-init-addr", f"{leader_address}:{group.master_port}", "--nnodes", str(len(replica.nodes)), "--node-rank", str(rank)]
         return [ctx.python(host), *base, *group.extra_args, *role, *dist]
 
+    def env(host: str) -> list:
+        # torch.distributed (gloo/NCCL) across hosts: bind the cluster interface, not 127.0.1.1.
+        return ctx.network_env(host) if replica.multi_node else []
+
     procs = [
-        leader_spec(ctx, replica, path, argv(leader_host, 0),
+        leader_spec(ctx, replica, path, argv(leader_host, 0), env=env(leader_host),
                     ports=[(group.master_port, path + ("master_port",))] if replica.multi_node else [])  # fmt: skip
     ]
     gate = Gate(probe=ctx.tcp(group.health, leader_address, group.master_port))
     for node in replica.nodes[1:]:
-        procs.append(rank_spec(ctx, replica, node, path, argv(node.host, node.rank), depends_on=(gate,)))
+        procs.append(rank_spec(ctx, replica, node, path, argv(node.host, node.rank), env=env(node.host), depends_on=(gate,)))
     return procs

@@ -4,7 +4,9 @@ Multi-node: the leader wraps the worker in ``mpirun -H a:g,b:g -np N`` and MPI
 starts the ranks on the other hosts over SSH itself, so those hosts run no
 supervised process of their own; ``OMPI_MCA_orte_keep_fqdn_hostnames=1`` and
 the discovery variables are exported to every rank with ``-x``. Preflight
-checks the leader's SSH reach to the ranks.
+checks the leader's SSH reach to the ranks. ``trtllm-llmapi-launch`` is called by its
+absolute path next to the inventory's python, and ``PATH``/``LD_LIBRARY_PATH`` are exported,
+as the Dynamo operator does: a rank's non-interactive SSH shell has neither the venv nor CUDA.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from ..placement import Replica
 from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
-from .workers import system_env, leader_spec
+from .workers import leader_spec, system_env
 
 __all__ = ["processes"]
 
@@ -37,18 +39,26 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
 
     hosts = ",".join(f"{ctx.inv.host(n.host).address}:{replica.gpus_per_node}" for n in replica.nodes)
     ssh = ctx.inv.host(leader_host).ssh
-    mpirun = ["mpirun"]
+    # The Dynamo operator's form: --oversubscribe (slots = GPUs, not cores), the ob1 PML (no
+    # UCX/IB transport assumed for MPI's own messages; NCCL carries the tensors).
+    mpirun = ["mpirun", "--oversubscribe", "--mca", "pml", "ob1"]
     if ssh.user == "root":
         mpirun.append("--allow-run-as-root")
     mpirun += ["-H", hosts, "-np", str(group.world_size)]
     if ssh.port != 22:
         mpirun += ["--mca", "plm_rsh_args", f"-p {ssh.port}"]
-    names = ["OMPI_MCA_orte_keep_fqdn_hostnames", "NATS_SERVER", "ETCD_ENDPOINTS",
-             *(k for k, _ in system_env("", 0))]
-    names += [k for k, _ in (*ctx.inv.env, *group.env) if k not in names]
-    for name in names:
+    ifname = ctx.inv.network_interface(leader_host)
+    if ifname:  # MPI's own TCP traffic on the cluster network too
+        mpirun += ["--mca", "btl_tcp_if_include", ifname, "--mca", "oob_tcp_if_include", ifname]
+    # Remote ranks start from a bare non-interactive SSH shell: PATH and LD_LIBRARY_PATH (the
+    # venv, CUDA, MPI) must travel with -x, and every variable the worker gets here too.
+    leader_env = [("OMPI_MCA_orte_keep_fqdn_hostnames", "1"), *ctx.network_env(leader_host)]
+    names = ["PATH", "LD_LIBRARY_PATH", "OMPI_MCA_orte_keep_fqdn_hostnames", "NATS_SERVER", "ETCD_ENDPOINTS",
+             *(k for k, _ in system_env("", 0)), *(k for k, _ in leader_env)]  # fmt: skip
+    names += [k for k, _ in (*ctx.inv.env, *ctx.inv.host(leader_host).env, *group.env, *ctx.inv.nats.auth)]
+    for name in dict.fromkeys(names):
         mpirun += ["-x", name]
-    spec = leader_spec(
-        ctx, replica, path, [*mpirun, LAUNCHER, *worker], env=[("OMPI_MCA_orte_keep_fqdn_hostnames", "1")], kind="mpirun"
-    )
+    # By absolute path: mpirun execs it on every rank with the remote shell's PATH.
+    launcher = ctx.tool(leader_host, LAUNCHER)
+    spec = leader_spec(ctx, replica, path, [*mpirun, launcher, *worker], env=leader_env, kind="mpirun")
     return [spec]

@@ -12,7 +12,7 @@ from ..model import EnvValue, Role
 from ..placement import Node, Replica
 from ..tomlpos import KeyPath
 from .context import Context
-from .spec import Gate, ProcessSpec
+from .spec import Gate, Probe, ProcessSpec
 
 __all__ = ["leader_spec", "rank_name", "rank_spec", "version_at_least"]
 
@@ -37,30 +37,40 @@ def leader_spec(
     depends_on: Iterable[Gate] = (),
     kind: str | None = None,
     ports: Iterable[tuple[int, KeyPath]] = (),
+    node: Node | None = None,
 ) -> ProcessSpec:
-    """The replica's main process: registers with Dynamo, ready on its system-status ``/health``."""
-    group, node = replica.group, replica.nodes[0]
+    """A process that registers with Dynamo: the replica's leader, or ``node``'s worker.
+
+    Ready on its system-status ``/health``; alive on ``/live`` (the Dynamo operator's split:
+    liveness runs only once ready, so a worker that turns not-ready under load is not killed
+    for it). ``node`` is for layouts where every node serves (vLLM DP with hybrid LB); such a
+    worker is named like a rank and is not the gang's leader.
+    """
+    group = replica.group
+    node = node or replica.nodes[0]
+    is_leader = node.rank == 0
     health = group.health
     port = ctx.system_port(node.host)
     address = ctx.inv.host(node.host).address
-    probe = ctx.http(health, address, port, "/health")
+    readiness = ctx.http(health, address, port, "/health")
+    liveness: Probe | None = ctx.http(health, address, port, "/live")
     if health.check == "process":
-        probe = ctx.alive(health)
+        readiness, liveness = ctx.alive(health), None
     return ctx.spec(
-        name=replica.name,
+        name=rank_name(replica, node),
         host=node.host,
         kind=kind or ("worker" if group.role is Role.AGGREGATED else group.role.value),
         argv=argv,
         origin=path,
         restart=group.restart,
         health=health,
-        readiness=probe,
-        liveness=None if health.check == "process" else probe,
+        readiness=readiness,
+        liveness=liveness,
         env=[*ctx.dynamo_env(), *env, *system_env(address, port), *_gpu_env(node)],
         user_env=group.env,
         depends_on=(*ctx.infra_gates(), *depends_on),
         group=replica.name if replica.multi_node else None,
-        leader=replica.multi_node,
+        leader=replica.multi_node and is_leader,
         gpus=node.gpus,
         ports=[(port, ("cluster", "system_port")), *ports],
     )
@@ -69,12 +79,13 @@ def leader_spec(
 def system_env(address: str, port: int) -> list[tuple[str, str]]:
     """A worker's system-status server and the addresses it advertises (Dynamo runtime).
 
-    ``DYN_SYSTEM_PORT`` turns the server on (``DYN_SYSTEM_ENABLED`` for Dynamo < 1.0); without
-    ``DYN_HEALTH_CHECK_ENABLED`` its ``/health`` answers 503 for ever. The ``*_HOST`` variables
-    make the worker advertise the node's cluster address rather than its default-route one,
-    which other hosts (the frontend fetching model files, the router) may not reach.
+    ``DYN_SYSTEM_PORT`` alone turns the server on (Dynamo 1.x deprecates ``DYN_SYSTEM_ENABLED``
+    and warns about it, so it is not set); without ``DYN_HEALTH_CHECK_ENABLED`` its ``/health``
+    answers 503 for ever. The ``*_HOST`` variables make the worker advertise the node's cluster
+    address rather than its default-route one, which other hosts (the frontend fetching model
+    files, the router) may not reach.
     """
-    return [("DYN_SYSTEM_ENABLED", "true"), ("DYN_SYSTEM_PORT", str(port)), ("DYN_SYSTEM_HOST", address),
+    return [("DYN_SYSTEM_PORT", str(port)), ("DYN_SYSTEM_HOST", address),
             ("DYN_HEALTH_CHECK_ENABLED", "true"), ("DYN_TCP_RPC_HOST", address), ("DYN_EVENT_PLANE_HOST", address)]
 
 

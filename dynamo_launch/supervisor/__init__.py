@@ -7,10 +7,38 @@ what it observes back into events.
 """
 
 from .backoff import Backoff
-from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, GangAction, GangAdopted,
-                     GangEvent, HostBack, HostLost, Kill, MemberDown, MemberReady, MemberStopped,
-                     Notify, ProbeResult, Resume, SetTimer, Spawn, Spawned, SpawnFailed, Start, StartMember, StartProbes, Stop,
-                     StopMember, StopProbes, TimerFired)
+from .events import (
+                     Action,
+                     Adopted,
+                     CancelTimer,
+                     ClearFailed,
+                     DepsReady,
+                     Event,
+                     Exited,
+                     GangAction,
+                     GangAdopted,
+                     GangEvent,
+                     HostBack,
+                     HostLost,
+                     Kill,
+                     MemberDown,
+                     MemberReady,
+                     MemberStopped,
+                     Notify,
+                     ProbeResult,
+                     Resume,
+                     SetTimer,
+                     Spawn,
+                     Spawned,
+                     SpawnFailed,
+                     Start,
+                     StartMember,
+                     StartProbes,
+                     Stop,
+                     StopMember,
+                     StopProbes,
+                     TimerFired,
+)
 from .gang import GANG_TABLE, GangMachine, GangState
 from .process import TABLE, ExitInfo, MachineConfig, ProcessMachine, State
 

@@ -26,8 +26,24 @@ import enum
 from ..model import Restart
 from ..plan.spec import Gang
 from .backoff import Backoff
-from .events import (CancelTimer, ClearFailed, GangAction, GangAdopted, GangEvent, MemberDown,
-                     MemberReady, MemberStopped, Notify, Resume, SetTimer, Start, StartMember, Stop, StopMember, handler_for)
+from .events import (
+    CancelTimer,
+    ClearFailed,
+    GangAction,
+    GangAdopted,
+    GangEvent,
+    MemberDown,
+    MemberReady,
+    MemberStopped,
+    Notify,
+    Resume,
+    SetTimer,
+    Start,
+    StartMember,
+    Stop,
+    StopMember,
+    handler_for,
+)
 
 __all__ = ["GANG_TABLE", "GangMachine", "GangState"]
 

@@ -36,9 +36,34 @@ from typing import Literal
 from ..model import Health, Restart, RestartPolicy
 from ..plan.spec import ProbeKind, ProcessSpec
 from .backoff import Backoff
-from .events import (Action, Adopted, CancelTimer, ClearFailed, DepsReady, Event, Exited, HostBack, HostLost,
-                     IllegalTransition, Resume, Kill, MemberDown, Notify, ProbeResult, SetTimer, Spawn, Spawned, SpawnFailed, Start,
-                     StartProbes, Stop, StopProbes, TimerFired, TimerKind, handler_for)
+from .events import (
+    Action,
+    Adopted,
+    CancelTimer,
+    ClearFailed,
+    DepsReady,
+    Event,
+    Exited,
+    HostBack,
+    HostLost,
+    IllegalTransition,
+    Kill,
+    MemberDown,
+    Notify,
+    ProbeResult,
+    Resume,
+    SetTimer,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    StartProbes,
+    Stop,
+    StopProbes,
+    TimerFired,
+    TimerKind,
+    handler_for,
+)
 
 __all__ = ["ExitInfo", "MachineConfig", "ProcessMachine", "State", "TABLE"]
 

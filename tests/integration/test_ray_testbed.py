@@ -161,7 +161,7 @@ class Health(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        code = 200 if self.path.startswith("/health") else 404
+        code = 200 if self.path.startswith(("/health", "/live")) else 404  # readiness, liveness
         self.send_response(code)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -230,8 +230,8 @@ class Daemon(BedDaemon):
     prefix = "ray"
 
     def __init__(self, bed, tmp: Path, body: str, *, gpus: dict[str, int] | None = None,
-                 nats: str = "nats://127.0.0.1:1", etcd: str = "http://127.0.0.1:1"):
-        super().__init__(bed, tmp, body, gpus=gpus or {}, nats=nats, etcd=etcd)
+                 nats: str = "nats://127.0.0.1:1", etcd: str = "http://127.0.0.1:1", cluster_extra: str = ""):
+        super().__init__(bed, tmp, body, gpus=gpus or {}, nats=nats, etcd=etcd, cluster_extra=cluster_extra)
 
     def up(self, timeout: float = 120.0) -> dict:  # type: ignore[override]
         return super().up(wait_ready=True, timeout=timeout)
@@ -540,7 +540,9 @@ hosts = ["h1", "h2"]
 # the stand-in shadows dynamo.vllm; Ray nodes stop at once on TERM (default: drain up to 30 s first)
 env = {{ PYTHONPATH = "{standin_vllm}", STANDIN_RECORD = "{record}", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S = "0" }}
 """ + FAST_RESTART.format(table="workers") + RAY_HEALTH.format(table="workers"),
-               gpus={"h1": 1, "h2": 1}, nats=f"nats://{endpoint}", etcd=f"http://{endpoint}")
+               gpus={"h1": 1, "h2": 1}, nats=f"nats://{endpoint}", etcd=f"http://{endpoint}",
+               # the bed's hosts carry their address on eth0; preflight checks it (the gang spans hosts)
+               cluster_extra='network_interface = "eth0"')
     return c, base, record
 
 

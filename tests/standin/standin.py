@@ -4,7 +4,7 @@
                       [--exit-code N] [--argv-file PATH] [--term-log PATH [--term-delay SECONDS]]
                       [-- anything...]
 
-Serves HTTP on the port: ``/health`` answers 200 once ready (503 before, or
+Serves HTTP on the port: ``/health`` (and ``/live``) answers 200 once ready (503 before, or
 after ``/unhealthy``); ``/crash?code=N`` exits with code N; ``/hang`` keeps
 the process alive but stops answering; ``/pid`` returns the pid. With
 ``--argv-file`` it writes its own argv as JSON (for argv pass-through tests). With ``--term-log``
@@ -50,7 +50,7 @@ def main() -> None:
             if state["hang"]:
                 time.sleep(3600)
             path, _, query = self.path.partition("?")
-            if path == "/health":
+            if path in ("/health", "/live"):  # Dynamo 1.6.1's worker answers both alike
                 ready = time.monotonic() - started >= args.ready_after and state["healthy"]
                 self._reply(200 if ready else 503, "ok" if ready else "not ready")
             elif path == "/crash":

@@ -1033,7 +1033,7 @@ def test_the_vocabulary_inventory_is_valid() -> None:
 # -- docs/inventory.md documents every key the loader accepts, and no other ---------------------
 
 DOC = ROOT / "docs" / "inventory.md"
-FREE_FORM = {"env", "frontend.env", "workers.env", "ray.env", "processes.env", "hosts.labels"}
+FREE_FORM = {"env", "frontend.env", "workers.env", "ray.env", "processes.env", "hosts.labels", "hosts.env"}
 SHARED = {"hosts.ssh": "ssh"}  # documented once, under [ssh]
 
 

@@ -203,7 +203,9 @@ PLAUSIBLE: dict[str, tuple[list[Any], list[Any]]] = {
     "check": (["auto", "process", "tcp", "http"], ["ping", "command"]),
     "path": (["/health", "/"], ["health"]),
     "router_mode": (["kv", "round-robin", "random"], ["fastest"]),
-    "dynamo_version": (["1.6.1", "0.9.0", "2"], ["latest"]),
+    "dynamo_version": (["1.6.1"], ["latest", "0.9.0", "2"]),  # only verified releases (dynamo_launch/versions.py)
+    "dp_load_balancing": (["hybrid", "internal"], ["round-robin"]),
+    "network_interface": (["ens1f0", "eth0", "ib0"], ["", "eth 0", "a-very-long-interface-name"]),
     "user": (["root", "dynamo"], ["bad user"]),
     "key_file": (["~/.ssh/id_ed25519", "keys/id", "/etc/key"], [""]),
     "known_hosts": (["~/.ssh/known_hosts"], [""]),

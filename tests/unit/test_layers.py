@@ -16,13 +16,13 @@ PACKAGE = ROOT / "dynamo_launch"
 # Lowest first. A module may import modules of its own layer or of a lower one. Keep in step with
 # the table in docs/internals.md ("Layers").
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"", "errors", "tomlpos", "addresses", "retry", "agent"}),
+    ("foundation", {"", "errors", "tomlpos", "addresses", "retry", "versions", "agent"}),
     ("model", {"model", "reader"}),
     ("inventory", {"placement", "rules", "inventory"}),
     ("plan", {"plan"}),
     ("machines", {"supervisor"}),
     ("adapters", {"load", "secrets", "state", "health", "transport", "etcd", "mirror", "eventbus", "control",
-                  "sdnotify", "metrics", "logs", "preflight", "systemd_unit", "status"}),
+                  "sdnotify", "metrics", "logs", "preflight", "preflight_multinode", "systemd_unit", "status"}),
     ("daemon", {"daemon"}),
     ("cli", {"cli"}),
 ]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
+from dynamo_launch.errors import InventoryError
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.plan.spec import ProbeKind
@@ -62,10 +65,10 @@ def test_vllm_role_flags_from_1_0_use_disaggregation_mode_and_nixl() -> None:
     assert "--is-prefill-worker" not in prefill
 
 
-def test_vllm_role_flags_before_1_0_use_is_prefill_worker() -> None:
-    plan = _plan(DISAGG.format(backend="vllm"), version="0.9.0")
-    assert plan.process("prefill-0").argv[-1] == "--is-prefill-worker"
-    assert not any(a.startswith("--disagg") or a.startswith("--is-") for a in plan.process("decode-0").argv)
+def test_unverified_dynamo_versions_are_refused() -> None:
+    # 0.9.0 spelled prefill --is-prefill-worker, which 1.4+ rejects: only verified releases render.
+    with pytest.raises(InventoryError, match=r"dynamo_version: '0.9.0' is not a verified Dynamo release; accepted: 1.6.0, 1.6.1"):
+        _plan(DISAGG.format(backend="vllm"), version="0.9.0")
 
 
 def test_user_kv_transfer_config_is_not_doubled() -> None:
@@ -74,13 +77,10 @@ def test_user_kv_transfer_config_is_not_doubled() -> None:
     assert argv.count("--kv-transfer-config") == 1
 
 
-def test_mocker_role_flags_follow_the_version() -> None:
-    modern = _plan(DISAGG.format(backend="mocker"))
-    legacy = _plan(DISAGG.format(backend="mocker"), version="0.8.1")
-    assert modern.process("prefill-0").argv[-2:] == ("--disaggregation-mode", "prefill")
-    assert legacy.process("prefill-0").argv[-1] == "--is-prefill-worker"
-    assert legacy.process("decode-0").argv[-1] == "--is-decode-worker"
-    assert modern.process("decode-0").argv[:3][1:] == ("-m", "dynamo.mocker")
+def test_mocker_roles_use_disaggregation_mode() -> None:
+    plan = _plan(DISAGG.format(backend="mocker"))
+    assert plan.process("prefill-0").argv[-2:] == ("--disaggregation-mode", "prefill")
+    assert plan.process("decode-0").argv[-2:] == ("--disaggregation-mode", "decode")
 
 
 def test_sglang_and_trtllm_roles() -> None:

@@ -29,7 +29,9 @@ CASES = [
     # 004: multi-node disaggregated serving
     ("llama-3.3-70b-disagg-2node", "node1", "python -m dynamo.frontend --router-mode kv", {}),
     ("llama-3.3-70b-disagg-2node", "node1", "python -m dynamo.vllm --model meta-llama/Llama-3.3-70B-Instruct --tensor-parallel-size 8 --enforce-eager", {}),
-    ("llama-3.3-70b-disagg-2node", "node2", "python -m dynamo.vllm --model meta-llama/Llama-3.3-70B-Instruct --tensor-parallel-size 8 --enforce-eager --is-prefill-worker", {}),
+    # (the guide spells prefill `--is-prefill-worker`, which Dynamo 1.6.1's parser rejects: the
+    # real parser wins, tests/conformance)
+    ("llama-3.3-70b-disagg-2node", "node2", "python -m dynamo.vllm --model meta-llama/Llama-3.3-70B-Instruct --tensor-parallel-size 8 --enforce-eager --disaggregation-mode prefill", {}),
     # 004: TP=16 across 2× 8-GPU nodes
     ("llama-405b-tp16-headless", "node1", "python -m dynamo.frontend --router-mode kv", {}),
     ("llama-405b-tp16-headless", "node1", "python -m dynamo.vllm --model meta-llama/Llama-3.1-405B-Instruct --tensor-parallel-size 16 --enforce-eager", {}),
@@ -57,7 +59,8 @@ CASES = [
     ("llama-405b-fp8-disagg-3node", "node1", "nats-server -js -sd /var/lib/dynamo-launch/llama405b-disagg/nats -m 8222", {}),
 ]
 
-# 000: flags the operator injects on every node of a data-parallel deployment (a list, not an order).
+# 000: flags the operator injects on every node of a data-parallel deployment (a list, not an order);
+# its form is hybrid LB: every node a full Dynamo worker (dp_load_balancing = "hybrid", the default).
 DP_FLAGS = {
     "node1": {"--data-parallel-address": HEAD, "--data-parallel-size-local": "8", "--data-parallel-rpc-port": "13445", "--data-parallel-start-rank": "0"},
     "node2": {"--data-parallel-address": HEAD, "--data-parallel-size-local": "8", "--data-parallel-rpc-port": "13445", "--data-parallel-start-rank": "8"},
@@ -99,7 +102,7 @@ def test_data_parallel_flags_on_every_node(host: str) -> None:
     pairs = dict(zip(proc.argv, proc.argv[1:]))
     for flag, value in DP_FLAGS[host].items():
         assert pairs.get(flag) == value, f"{host}: {flag} should be {value}"
-    assert ("--headless" in proc.argv) == (host != "node1")
+    assert "--headless" not in proc.argv and "--data-parallel-hybrid-lb" in proc.argv
 
 
 @pytest.mark.parametrize(
@@ -124,11 +127,15 @@ def test_discovery_env_on_every_dynamo_process(example: str) -> None:
 def test_trtllm_leader_wraps_worker_in_mpirun_over_all_hosts() -> None:
     plan = _plan("trtllm-2node")
     (leader,) = plan.on_host("node1")[-1:]
-    assert leader.argv[0] == "mpirun"
+    assert leader.argv[:5] == ("mpirun", "--oversubscribe", "--mca", "pml", "ob1")  # the operator's form
     pairs = dict(zip(leader.argv, leader.argv[1:]))
     assert pairs["-H"] == f"{HEAD}:8,{NODE2}:8" and pairs["-np"] == "16"
     assert {"name": "OMPI_MCA_orte_keep_fqdn_hostnames", "value": "1"} in [{"name": e.name, "value": e.value} for e in leader.env]
     assert leader.argv.index("dynamo.trtllm") > leader.argv.index("-np")
+    exported = {leader.argv[i + 1] for i, a in enumerate(leader.argv) if a == "-x"}
+    assert {"PATH", "LD_LIBRARY_PATH", "NATS_SERVER", "ETCD_ENDPOINTS"} <= exported
+    launcher = next(a for a in leader.argv if a.endswith("trtllm-llmapi-launch"))
+    assert launcher.startswith("/"), "ranks start from a bare SSH shell: the launcher by absolute path"
     assert plan.on_host("node2") == ()  # MPI starts the ranks; nothing of ours runs there
 
 
