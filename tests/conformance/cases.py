@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamo_launch.inventory import load, parse
-from dynamo_launch.model import Backend, DpLoadBalancing, Executor, Inventory, Role
+from dynamo_launch.model import DpLoadBalancing, Executor, Inventory, Role
 from dynamo_launch.placement import Replica, place
 from dynamo_launch.plan import build
 from dynamo_launch.plan.spec import ProcessSpec

@@ -41,17 +41,9 @@ def mechanism(request, bed):
 
 
 @pytest.fixture
-def cluster(bed, tmp_path, mechanism):
-    made: list[Cluster] = []
-
-    def make(processes: str, **kw) -> Cluster:
-        c = Cluster(bed, tmp_path, processes, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.cleanup()
+def cluster(cluster, mechanism):
+    """The integration tests' cluster factory, once the bed's containment mechanism is chosen."""
+    return cluster
 
 
 def check_mechanism(c: Cluster, host: str, name: str, mechanism: str) -> dict:

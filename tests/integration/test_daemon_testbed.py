@@ -20,24 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed_daemon import Cluster, by_name, ports
+from tests.bed_daemon import by_name, ports
 from tests.daemon_harness import standin_process
 
 pytestmark = pytest.mark.testbed
-
-@pytest.fixture
-def cluster(bed, tmp_path):
-    made: list[Cluster] = []
-
-    def make(processes: str, **kw) -> Cluster:
-        c = Cluster(bed, tmp_path, processes, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.cleanup()
-
 
 def test_up_status_down_over_ssh(cluster):
     a, b = ports(2)
