@@ -2,7 +2,7 @@
 
 Two servers, same tests (the ``endpoint`` fixture):
 
-* ``openssh``: a host of the project's test bed (scripts/testbed_lib.py): OpenSSH sshd in its own
+* ``openssh``: a host of the project's test bed (dltestbed/): OpenSSH sshd in its own
   network/PID/mount namespaces. Needs root; skipped with the reason otherwise, failed under CI=true.
 * ``asyncssh``: an in-process asyncssh server on 127.0.0.1, port 0, generated keys, whose sessions
   run real ``/bin/sh -c`` subprocesses (as sshd does). Needs nothing: runs everywhere.
