@@ -77,7 +77,10 @@ class Problem:
     file: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+        if self.line <= 0:  # about the file as a whole (it cannot be read): no line to point at
+            where = self.file or "inventory"
+        else:
+            where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 

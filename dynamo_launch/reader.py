@@ -93,7 +93,9 @@ class Reader:
             self.problem(where, "must not be empty")
             return value
         if choices and value not in choices:
-            self.problem(where, f"must be one of {', '.join(choices)}; got {value!r}")
+            hint = _closest(value, set(choices)) if isinstance(value, str) else None
+            self.problem(where, f"must be one of {', '.join(choices)}; got {value!r}"
+                                + (f" (did you mean {hint!r}?)" if hint else ""))
             return default if default is not MISSING else choices[0]
         if minimum is not None and value < minimum:
             self.problem(where, f"must be at least {_num(minimum)}, got {_num(value)}")

@@ -289,8 +289,8 @@ def test_enumerations_and_ranges() -> None:
     assert problems(text) == [
         f"inv.toml:{name_line}: workers[0].name: 'W' is not a valid name (lowercase letters, digits, '-' and '_', starting with a letter or digit)",
         f"inv.toml:{at(text, 'backend =')}: workers[0].backend: must be one of vllm, sglang, trtllm, mocker; got 'tgi'",
-        f"inv.toml:{at(text, 'role =')}: workers[0].role: must be one of aggregated, prefill, decode; got 'encode'",
-        f"inv.toml:{at(text, 'executor =')}: workers[0].executor: must be one of mp, ray; got 'mpi'",
+        f"inv.toml:{at(text, 'role =')}: workers[0].role: must be one of aggregated, prefill, decode; got 'encode' (did you mean 'decode'?)",
+        f"inv.toml:{at(text, 'executor =')}: workers[0].executor: must be one of mp, ray; got 'mpi' (did you mean 'mp'?)",
         f"inv.toml:{at(text, 'replicas =')}: workers[0].replicas: must be at least 1, got 0",
         f"inv.toml:{at(text, 'master_port =')}: workers[0].master_port: must be at most 65535, got 70000",
         f"inv.toml:{at(text, 'policy =')}: workers[0].restart.policy: must be one of always, on-failure, never; got 'sometimes'",
@@ -308,7 +308,7 @@ def test_toml_syntax_error_is_one_located_line() -> None:
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(InventoryError) as caught:
         load(str(tmp_path / "absent.toml"))
-    assert str(caught.value) == f"{tmp_path / 'absent.toml'}:0: cannot read: No such file or directory"
+    assert str(caught.value) == f"{tmp_path / 'absent.toml'}: cannot read: No such file or directory"
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes(b'[cluster]\nname = "caf\xe9"\n')
     with pytest.raises(InventoryError) as caught:
@@ -1154,3 +1154,14 @@ def test_the_docs_examples_validate() -> None:
         build(inv)
         validated += 1
     assert validated >= 12
+
+
+@pytest.mark.parametrize("key, value, hint", [("router_mode", "kvv", "kv"), ("router_mode", "rnd", "random")])
+def test_a_misspelt_value_gets_a_did_you_mean(key: str, value: str, hint: str) -> None:
+    text = HEAD + f'[frontend]\n{key} = "{value}"\n'
+    assert any(f"got {value!r} (did you mean {hint!r}?)" in p for p in problems(text)), problems(text)
+
+
+def test_a_misspelt_backend_gets_a_did_you_mean() -> None:
+    text = HEAD + '[[workers]]\nname = "w"\nbackend = "mockr"\nmodel = "m"\nhosts = ["node1"]\n'
+    assert any("got 'mockr' (did you mean 'mocker'?)" in p for p in problems(text)), problems(text)
