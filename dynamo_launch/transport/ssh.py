@@ -24,10 +24,16 @@ import shlex
 import signal
 import socket
 import time
+import warnings
 from typing import Mapping, Sequence
 
-import asyncssh
 import structlog
+
+with warnings.catch_warnings():
+    # cryptography deprecates DSA, and asyncssh's import names its types: ten lines of warnings
+    # on every `up` and `down` for keys nobody here uses. Only that warning, only during import.
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    import asyncssh
 
 from ..errors import (
     AuthenticationFailed,

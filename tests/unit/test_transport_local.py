@@ -296,3 +296,11 @@ def test_agent_client_with_the_real_agent(tmp_path):
 
     arun(go(), timeout=30)
     assert "hi" in (state / "logs" / "short.log").read_text()
+
+
+def test_importing_the_ssh_transport_prints_no_dsa_deprecation_warnings():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-W", "default", "-c", "import dynamo_launch.transport.ssh"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "DSA is deprecated" not in r.stderr, r.stderr
