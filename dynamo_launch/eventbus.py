@@ -123,8 +123,12 @@ class EventBus:
     """
 
     def __init__(self, cluster: str, nats_url: str, *, max_queue: int = 10_000, batch: int = 500,
-                 connect_timeout: float = 2.0, flush_timeout: float = 2.0, auth: Mapping[str, str] | None = None):
+                 connect_timeout: float = 2.0, flush_timeout: float = 2.0, auth: Mapping[str, str] | None = None,
+                 starting: bool = False):
         self.cluster = cluster
+        # ``starting``: the launcher is bringing this NATS up itself, so not answering before the
+        # first connection is expected (logged at info), not a problem (a warning).
+        self._starting = starting
         self._auth = dict(auth or {})  # NATS_AUTH_* → value: never logged
         self.subject = subject_for(cluster)
         self.url = nats_url
@@ -211,7 +215,7 @@ class EventBus:
                     self._nc = await _connect(self.url, self.connect_timeout, self._auth)
                     if self.last_error:
                         self._log.info("NATS reachable again: sending queued events", pending=self.pending)
-                    self.connected, self.last_error = True, ""
+                    self.connected, self.last_error, self._starting = True, "", False
                     backoff.reset()
                 if self._queue:
                     await self._send_batch()
@@ -225,7 +229,10 @@ class EventBus:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if not self.last_error:
+                if not self.last_error and self._starting:
+                    self._log.info("NATS not answering yet (the launcher starts it): events are queued until it does",
+                                   pending=self.pending)
+                elif not self.last_error:
                     self._log.warning("NATS unreachable: events are queued and sent when it is back",
                                       error=_describe(e), pending=self.pending)
                 self.last_error = f"NATS at {self.url}: {_describe(e)}"

@@ -116,8 +116,11 @@ class Mirror:
 
     def __init__(self, cluster: str, endpoints: str | Sequence[str], holder: str, *, ttl: float = 10.0,
                  timeout: float = 3.0, heartbeat_interval: float = 10.0,
-                 on_conflict: Callable[[LeaderHeld], None] | None = None):
+                 on_conflict: Callable[[LeaderHeld], None] | None = None, starting: bool = False):
         self.cluster = cluster
+        # ``starting``: the launcher is bringing this etcd up itself, so not answering before the
+        # first connection is expected (logged at info), not a problem (a warning).
+        self._starting = starting
         self.prefix = f"{ROOT}/{cluster}"
         self.leader_key = f"{self.prefix}/leader"
         self.heartbeat_key = f"{self.prefix}/heartbeat"
@@ -197,7 +200,7 @@ class Mirror:
             raise await self._held(current)
         assert current is not None
         self._lease, self._leader_rev, self._leader_value = lease, current.create_revision, value
-        self.is_leader, self.connected, self.last_error = True, True, ""
+        self.is_leader, self.connected, self.last_error, self._starting = True, True, "", False
         self._conflict_reported = ""
         self._written_version = -1  # rewrite (what differs from etcd) even if nothing was published since
         now = asyncio.get_running_loop().time()
@@ -329,7 +332,9 @@ class Mirror:
                 await asyncio.sleep(min(self.ttl / 2, 2.0))
                 continue
             except MirrorError as e:
-                if self.connected or not self.last_error:
+                if not self.connected and not self.last_error and self._starting:
+                    self._log.info("etcd not answering yet (the launcher starts it): the mirror begins once it does")
+                elif self.connected or not self.last_error:
                     self._log.warning("etcd unreachable: supervision goes on, the mirror catches up when it is back",
                                       error=str(e))
                 self.connected, self.last_error = False, str(e)
@@ -343,7 +348,7 @@ class Mirror:
                 continue
             if not self.connected:
                 self._log.info("etcd reachable again: mirror caught up")
-            self.connected, self.last_error = True, ""
+            self.connected, self.last_error, self._starting = True, "", False
             backoff.reset()
             if self._lease is None:
                 continue  # leadership just lost: try again at once (conflicts back off above)

@@ -174,7 +174,7 @@ class Daemon:
         mirroring and publishing events. With etcd not up yet — ours starts with the cluster —
         the key is taken in the background as soon as it answers."""
         self.mirror = Mirror(self.plan.cluster, self.plan.etcd_url, f"pid {os.getpid()} on {socket.gethostname()}",
-                             on_conflict=self._on_conflict)
+                             on_conflict=self._on_conflict, starting=self.inv.etcd.external is None)
         try:
             # Our own previous run (crashed: we hold the state-dir lock now) may still hold the
             # key until its lease runs out; anyone else keeps holding it and we give up.
@@ -190,7 +190,7 @@ class Daemon:
         except SecretError as e:  # preflight names it; events simply go unsent
             self._log.warning("NATS credentials unavailable: events are not published", reason=str(e))
             auth = {}
-        self.bus = EventBus(self.plan.cluster, self.plan.nats_url, auth=auth)
+        self.bus = EventBus(self.plan.cluster, self.plan.nats_url, auth=auth, starting=self.inv.nats.external is None)
         self.bus.start()
 
     def _on_conflict(self, e: LeaderHeld) -> None:
