@@ -43,15 +43,21 @@ def socket_path(cluster: str) -> str:
 
 
 def find_socket(cluster: str | None = None) -> str:
-    """The socket of ``cluster``, or of the only running cluster; :class:`NoDaemon` otherwise."""
+    """The socket of ``cluster``, or of the only running cluster; :class:`NoDaemon` otherwise.
+
+    A socket nobody answers on (its daemon died) does not count: when it is ours it is removed
+    on the way (:func:`remove_stale`)."""
     if cluster:
         path = socket_path(cluster)
         if not os.path.exists(path):
             raise NoDaemon(f"no dynamo-launch daemon is running for cluster {cluster!r} (no {path})")
+        if remove_stale(path):
+            raise NoDaemon(f"no dynamo-launch daemon is running for cluster {cluster!r} "
+                           f"(removed the stale socket {path} of one that died)")
         return path
-    found = sorted(glob.glob(os.path.join(runtime_dir(), "*.sock")))
+    found = [p for p in sorted(glob.glob(os.path.join(runtime_dir(), "*.sock"))) if not remove_stale(p)]
     if not found:
-        raise NoDaemon(f"no dynamo-launch daemon is running (no control socket in {runtime_dir()})")
+        raise NoDaemon(f"no dynamo-launch daemon is running (no live control socket in {runtime_dir()})")
     if len(found) > 1:
         names = ", ".join(os.path.basename(p)[: -len(".sock")] for p in found)
         raise ControlError(f"several clusters are running ({names}); name one: --cluster NAME")

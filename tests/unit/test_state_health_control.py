@@ -175,3 +175,25 @@ def test_a_stale_control_socket_is_removed_only_when_nobody_listens(tmp_path: Pa
     plain = tmp_path / "not-a-socket.sock"
     plain.write_text("")
     assert control.remove_stale(str(plain)) is False and plain.exists()  # not a socket: not ours to judge
+
+
+
+def test_status_finds_the_one_live_cluster_among_dead_daemons_sockets(tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(tmp_path))
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(control.socket_path("crashed"))
+    dead.close()  # a daemon killed with -9 leaves its socket file
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(control.socket_path("demo"))
+    live.listen()
+    try:
+        assert control.find_socket() == control.socket_path("demo")  # the dead one is not counted...
+        assert not os.path.exists(control.socket_path("crashed"))  # ...and is removed
+        with pytest.raises(control.NoDaemon):
+            control.find_socket("crashed")
+    finally:
+        live.close()
+    with pytest.raises(control.NoDaemon, match="removed the stale socket"):
+        control.find_socket("demo")
