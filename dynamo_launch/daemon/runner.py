@@ -52,6 +52,7 @@ from ..supervisor import (
     StopMember,
     StopProbes,
     TimerFired,
+    carried,
 )
 from .links import HostLink
 from .probes import RayTables, run_probe
@@ -156,7 +157,7 @@ class Runner:
         machines = [("processes", n, p.machine) for n, p in self.procs.items()]
         machines += [("gangs", n, m) for n, m in self.gangs.items()]
         for kind, name, m in machines:
-            s = m.supervision()
+            s = carried(m)
             if s["restarts"] or s["streak"] or s["state"] in ("FAILED", "BACKOFF"):
                 s["recent"] = [round(t + offset, 3) for t in s["recent"]]
                 s["backoff_until"] = None if s["backoff_until"] is None else round(s["backoff_until"] + offset, 3)

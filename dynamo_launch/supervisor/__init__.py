@@ -38,11 +38,13 @@ from .events import (
                      StopMember,
                      StopProbes,
                      TimerFired,
+                     carried,
 )
 from .gang import GANG_TABLE, GangMachine, GangState
 from .process import TABLE, ExitInfo, MachineConfig, ProcessMachine, State
 
 __all__ = [
+    "carried",
     "GANG_TABLE",
     "TABLE",
     "Action",

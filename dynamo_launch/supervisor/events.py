@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..errors import IllegalTransition
 
 __all__ = [
+    "carried",
     "Action",
     "Adopted",
     "CancelTimer",
@@ -87,6 +88,14 @@ class Resume:
     failed: bool = False
     reason: str = ""
     backoff_until: float | None = None
+
+
+def carried(machine: Any) -> dict[str, Any]:
+    """What :class:`Resume` needs to carry a process or gang machine on after a daemon restart
+    (its state, restarts, streak and budget; times on the machine's clock)."""
+    streak, recent = machine.backoff.carried()
+    return {"state": machine.state.name, "reason": machine.reason, "restarts": machine.restarts, "streak": streak,
+            "recent": list(recent), "backoff_until": machine.timers.get("backoff")}
 
 
 @dataclass(frozen=True)

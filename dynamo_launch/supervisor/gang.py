@@ -145,12 +145,6 @@ class GangMachine:
                     Notify("gang-restarting", f"gang {self.name} restarting in {wait:.3g}s", {"delay": wait})]
         return self._on_launch(ev, now)
 
-    def supervision(self) -> dict[str, object]:
-        """What :class:`Resume` needs to carry on after a daemon restart (times on this clock)."""
-        streak, recent = self.backoff.carried()
-        return {"state": self.state.name, "reason": self.reason, "restarts": self.restarts, "streak": streak,
-                "recent": list(recent), "backoff_until": self._timers.get("backoff")}
-
     def _on_adopt(self, ev: GangAdopted, now: float) -> list[GangAction]:
         # The members' own machines are adopting their processes; wait for them to be ready.
         self.generation, self._fresh = max(self.generation, ev.generation), False

@@ -206,12 +206,6 @@ class ProcessMachine:
         return [self._set("backoff", ev.backoff_until),
                 Notify("restarting", f"{self.name} {ev.reason}: restarting in {wait:.3g}s", {"delay": wait})]
 
-    def supervision(self) -> dict[str, object]:
-        """What :class:`Resume` needs to carry on after a daemon restart (times on this clock)."""
-        streak, recent = self.backoff.carried()
-        return {"state": self.state.name, "reason": self.reason, "restarts": self.restarts, "streak": streak,
-                "recent": list(recent), "backoff_until": self._timers.get("backoff")}
-
     def _on_want(self, ev: Start | Stop, now: float) -> list[Action]:
         # Host unreachable: only remember the wish; HostBack acts on it.
         self._check_gen(ev)

@@ -37,6 +37,7 @@ from dynamo_launch.supervisor import (
     Stop,
     StopProbes,
     TimerFired,
+    carried,
 )
 
 S = State
@@ -712,7 +713,7 @@ def test_supervision_round_trips_through_resume() -> None:
     m.on(DepsReady(), 1.0)
     m.on(Spawned(101), 1.0)
     m.on(Exited(1, pid=101), 2.0)  # backoff 1 s
-    saved = m.supervision()
+    saved = carried(m)
     assert saved["state"] == "BACKOFF" and saved["restarts"] == 2 and saved["backoff_until"] == 3.0
     again = machine()
     again.on(Resume(restarts=saved["restarts"], streak=saved["streak"], recent=tuple(saved["recent"]),
