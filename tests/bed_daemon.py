@@ -137,8 +137,12 @@ external = "{etcd}"
         return found[0]
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                              check=False)
+        try:
+            return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                                  cwd=ROOT, check=False)
+        except subprocess.TimeoutExpired:  # what the daemon was doing is the only clue there will be
+            raise AssertionError(f"dynamo-launch {' '.join(args)} ran past {timeout:g} s; the daemon's log:\n"
+                                 f"{self.log()}") from None
 
     def kill_daemon(self) -> None:
         """SIGKILL the daemon (its socket stays behind, as after a real kill -9)."""

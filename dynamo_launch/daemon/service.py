@@ -62,6 +62,9 @@ __all__ = ["Daemon", "StopReport"]
 
 log = structlog.get_logger("dynamo_launch.daemon")
 
+# The last status write and the lease release (2 s each), the events' flush (2 s), with room.
+LET_GO_TIMEOUT = 10.0
+
 
 @dataclass
 class StopReport:
@@ -371,9 +374,17 @@ class Daemon:
         self._log.info("stopping every process", reason=reason)
         # NATS and etcd last, and only once the leader key is released and the events flushed:
         # stopped first, the next `up` would find this daemon's key in etcd's data and wait it out.
+        t0 = time.monotonic()
         infra = {n for n, p in self.runner.procs.items() if p.spec.kind in ("nats", "etcd")}
         unknown = await self.runner.stop_all(reason, only=set(self.runner.procs) - infra)
-        await self._let_go_of_etcd_and_nats()
+        self._log.info("workers stopped", seconds=round(time.monotonic() - t0, 1), unknown=unknown)
+        # Bounded without relying on the clients honouring cancellation: a NATS or etcd client
+        # stuck in its own close must not keep the cluster's NATS/etcd (and `down`) waiting.
+        let_go = asyncio.create_task(self._let_go_of_etcd_and_nats(), name="let-go")
+        if not (await asyncio.wait({let_go}, timeout=LET_GO_TIMEOUT))[0]:
+            let_go.cancel()
+            self.mirror = self.bus = None
+            self._log.warning("etcd/NATS clients did not close in time; leaving them behind", seconds=LET_GO_TIMEOUT)
         unknown += await self.runner.stop_all(reason, only=infra)
         report = StopReport(stopped=sorted(n for n in self.runner.procs if n not in unknown), unknown=unknown)
         for name, link in self.links.items():
@@ -382,6 +393,7 @@ class Daemon:
             left = await self._sweep(link)
             if left:
                 report.leftovers[name] = left
+        self._log.info("swept the hosts", seconds=round(time.monotonic() - t0, 1), leftovers=report.leftovers)
         self.save()
         if report.clean:
             for link in self.links.values():
