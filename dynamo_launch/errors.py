@@ -25,6 +25,7 @@
     ├── ControlError                  the daemon answered an error, or the exchange failed
     │   └── NoDaemon                  no daemon listens for this cluster
     ├── PreflightFailed               a preflight check failed: nothing was started
+    ├── StateUnwritable               the state file cannot be written (full or read-only disk)
     └── AlreadyRunning                another daemon supervises this cluster
 
 Every class the project raises on purpose is defined here, so the whole tree reads in one
@@ -59,6 +60,7 @@ __all__ = [
     "PreflightFailed",
     "Problem",
     "SecretError",
+    "StateUnwritable",
     "TransportError",
 ]
 
@@ -226,6 +228,11 @@ class PreflightFailed(DynamoLaunchError):
         self.checks = list(checks)
         failed = [c for c in self.checks if c.status == "fail"]
         super().__init__(f"preflight failed ({len(failed)} problem{'s' if len(failed) != 1 else ''}): nothing was started")
+
+
+class StateUnwritable(DynamoLaunchError):
+    """The state directory cannot take the state file (a full or read-only disk): ``up`` starts
+    nothing, since a daemon that cannot record what it starts could not find it again."""
 
 
 class AlreadyRunning(DynamoLaunchError):

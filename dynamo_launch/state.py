@@ -80,6 +80,22 @@ class StateFile:
         """Write ``data`` atomically (see module docstring)."""
         atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
+    def probe(self, size: int) -> None:
+        """Write, sync and remove a scratch file of ``size`` bytes next to the state file: raises
+        OSError (ENOSPC, EROFS, EACCES …) when a save of that size would fail now."""
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", dir=directory)
+        try:
+            # Real bytes, not a sparse ftruncate: tmpfs and most file systems only refuse at write.
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * size)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
     def remove(self) -> None:
         """Forget the state (after a clean ``down``)."""
         try:

@@ -57,6 +57,9 @@ def render(snap: dict[str, Any]) -> str:
     up = sum(1 for p in snap["processes"] if p["state"] in ("READY", "RUNNING"))
     lines = [f"cluster {snap['cluster']} — launch {snap['launch_id']}, daemon pid {snap['daemon_pid']}, "
              f"up {_duration(snap['now'] - snap['started'])}; {up}/{len(snap['processes'])} processes ready"]
+    unsaved = snap.get("state_unsaved")
+    if unsaved:  # a daemon restart now would not know the latest copies: the operator must hear it
+        lines.append(f"STATE NOT SAVED for {_duration(snap['now'] - unsaved['since'])}: {unsaved['error']} (retrying)")
     for h in snap["hosts"]:
         if not h["up"]:
             lines.append(f"host {h['name']} ({h['address']}) UNREACHABLE: {h['error']}")

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ from ..errors import (
     MirrorError,
     PreflightFailed,
     SecretError,
+    StateUnwritable,
 )
 from ..eventbus import EventBus
 from ..load import load_plan
@@ -64,6 +66,7 @@ log = structlog.get_logger("dynamo_launch.daemon")
 
 # The last status write and the lease release (2 s each), the events' flush (2 s), with room.
 LET_GO_TIMEOUT = 10.0
+SAVE_RETRY = 5.0  # seconds between tries while the state file cannot be written
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Daemon:
         self.mirror: Mirror | None = None  # status and leadership in etcd
         self.bus: EventBus | None = None  # lifecycle events on NATS
         self._save_pending = False
+        self._save_retry: asyncio.TimerHandle | None = None
+        self.save_error: dict[str, Any] | None = None  # the state file's last failed write, until one succeeds
         self._log = log.bind(cluster=plan.cluster)
 
     # --- preparation ------------------------------------------------------------------------------------
@@ -120,6 +125,8 @@ class Daemon:
         """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
         self._take_lock()
         saved = self._load_state()
+        if start:  # stopping (`down`) must work on a full disk; starting what could not be recorded must not
+            self._probe_state(saved)
         # Before preflight: when another daemon supervises this cluster, say that — not that
         # its ports are busy.
         await self._lead(wait=bool(saved))
@@ -210,8 +217,9 @@ class Daemon:
             os.close(fd)
             raise AlreadyRunning(f"a dynamo-launch daemon (pid {holder}) already supervises cluster "
                                  f"{self.plan.cluster!r} from {self.plan.state_dir}; use `dynamo-launch status`") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # the pid is for the message above; a full disk must not stop a `down`
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
     def _load_state(self) -> dict[str, Any] | None:
@@ -428,6 +436,9 @@ class Daemon:
 
     async def close(self) -> None:
         """Let go of everything (processes on the nodes keep running)."""
+        if self._save_retry is not None:
+            self._save_retry.cancel()
+            self._save_retry = None
         if self.runner is not None:
             await self.runner.close()
         await self._let_go_of_etcd_and_nats()
@@ -507,18 +518,54 @@ class Daemon:
         self._save_pending = False
         self.save()
 
+    def _probe_state(self, saved: dict[str, Any] | None) -> None:
+        """Refuse to start when the state directory cannot take the state file (full, read-only)."""
+        size = len(json.dumps(saved or {})) + 1024 * (len(self.plan.processes) + 4)  # a generous state
+        try:
+            self.state.probe(size)
+        except OSError as e:
+            raise StateUnwritable(f"cannot write the state file {self.state.path}: {e.strerror or e}; "
+                                  "nothing was started (free space or fix the directory, then run up again)") from None
+
     def save(self) -> None:
-        """Write the state file: the launch id and every process's current copy."""
+        """Write the state file: the launch id and every process's current copy.
+
+        A write that fails (a full or read-only disk) does not stop supervision: it is an event
+        and a line in ``status``, and is retried every :data:`SAVE_RETRY` seconds until one works."""
         procs = {}
         if self.runner is not None:
             for name, p in self.runner.procs.items():
                 if p.record is not None:
                     procs[name] = {"host": p.spec.host, **{k: p.record.get(k) for k in
                                    ("pid", "start_time", "boot_id", "generation", "started_at", "exit")}}
-        self.state.save({"cluster": self.plan.cluster, "launch_id": self.launch_id, "inventory": self.inventory_path,
-                         "daemon_pid": os.getpid(), "processes": procs,
-                         "supervision": self.runner.supervision() if self.runner is not None else {}})
+        try:
+            self.state.save({"cluster": self.plan.cluster, "launch_id": self.launch_id,
+                             "inventory": self.inventory_path, "daemon_pid": os.getpid(), "processes": procs,
+                             "supervision": self.runner.supervision() if self.runner is not None else {}})
+        except OSError as e:
+            self._save_failed(e)
+        else:
+            self._save_worked()
         self._mirror()
+
+    def _save_failed(self, e: OSError) -> None:
+        reason = f"cannot write {self.state.path}: {e.strerror or e}"
+        if self.save_error is None or self.save_error["error"] != reason:
+            self.save_error = {"error": reason, "since": time.time()}
+            self._notify("", Notify("state-unsaved", f"{reason}; supervision goes on, a daemon restart now "
+                                                     f"would not know the latest copies (retried every {SAVE_RETRY:g}s)"))
+        if self._save_retry is None and not self._stop.is_set():
+            self._save_retry = asyncio.get_running_loop().call_later(SAVE_RETRY, self._retry_save)
+
+    def _retry_save(self) -> None:
+        self._save_retry = None
+        self.save()
+
+    def _save_worked(self) -> None:
+        if self.save_error is not None:
+            self._notify("", Notify("state-saved", f"state file written again after "
+                                                   f"{time.time() - self.save_error['since']:.0f}s"))
+            self.save_error = None
 
     def _mirror(self) -> None:
         if self.mirror is not None and self.runner is not None:

@@ -25,6 +25,7 @@ class Supervised(Protocol):
     inventory_path: str
     started: float
     timings: Mapping[str, float]
+    save_error: Mapping[str, Any] | None
 
 def snapshot(daemon: Supervised) -> dict[str, Any]:
     """Everything ``status`` shows, as plain JSON-able data."""
@@ -61,7 +62,9 @@ def snapshot(daemon: Supervised) -> dict[str, Any]:
              for n, link in daemon.links.items()]
     return {"cluster": daemon.plan.cluster, "launch_id": daemon.launch_id, "daemon_pid": os.getpid(),
             "inventory": daemon.inventory_path, "started": daemon.started, "now": now_wall, "hosts": hosts,
-            "processes": procs, "gangs": gangs, "timings": dict(daemon.timings)}
+            "processes": procs, "gangs": gangs, "timings": dict(daemon.timings),
+            # None while the state file is written; else why not, and since when (wall clock)
+            "state_unsaved": dict(daemon.save_error) if daemon.save_error else None}
 
 
 def _memory(tree: dict[str, Any] | None) -> int | None:

@@ -11,14 +11,18 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from dynamo_launch.daemon import Daemon
+from dynamo_launch.daemon.snapshot import snapshot
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
+from dynamo_launch.status import render
 from dynamo_launch.supervisor import GangState, State
 from tests.daemon_harness import PY, free_port, kill_launch, local_inventory, scan_launch, standin_process
 
@@ -449,3 +453,71 @@ def test_command_probe_runs_on_the_host_through_its_agent(harness, tmp_path):
         await h.down()
 
     arun(go())
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m"):
+    """A real tmpfs of ``size`` at ``path`` (root only; CI runs as root), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte; the file to delete to free it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            for _ in range(10_000):  # bounded: 10,000 × 64 KiB is far beyond any small_disk
+                f.write(b"\0" * 65536)
+                f.flush()
+    return filler
+
+
+def test_a_full_state_disk_is_an_event_and_a_status_line_is_retried_and_stop_still_exits_clean(harness):
+    port = free_port()
+    h = harness(standin_process("web", port, host="local", bind="127.0.0.1", max_restarts=50))
+    with small_disk(h.tmp / "state"):
+        async def go():
+            d = await h.until_up()
+            first = h.proc("web").machine.pid
+            filler = fill(h.tmp / "state")
+            os.kill(first, signal.SIGKILL)  # its exit changes the records: the save fails
+            await h.until(lambda: d.save_error is not None, 10)
+            assert "No space left on device" in d.save_error["error"]
+            snap = snapshot(d)
+            assert snap["state_unsaved"]["error"] == d.save_error["error"]
+            assert "STATE NOT SAVED" in render(snap) and str(d.state.path) in render(snap)
+            assert [e["kind"] for e in d.events if e["kind"].startswith("state-")] == ["state-unsaved"]
+            filler.unlink()  # space again: the retry (every 5 s) writes it, and says so
+            await h.until(lambda: d.save_error is None and h.all_up(), 30)
+            assert [e["kind"] for e in d.events if e["kind"].startswith("state-")] == ["state-unsaved", "state-saved"]
+            saved = json.loads((h.tmp / "state" / "state.json").read_text())
+            assert saved["processes"]["web"]["pid"] == h.proc("web").machine.pid != first
+            fill(h.tmp / "state")  # full again: stopping still works and reports clean
+            report = await h.down()
+            assert report.clean and report.stopped == ["web"]
+            assert scan_launch(d.launch_id) == []
+
+        arun(go())
+
+
+def test_up_on_a_full_state_disk_starts_nothing_and_says_so_in_one_line(harness):
+    port = free_port()
+    h = harness(standin_process("web", port, host="local", bind="127.0.0.1"))
+    with small_disk(h.tmp / "state"):
+        fill(h.tmp / "state")
+        r = subprocess.run([PY, "-m", "dynamo_launch.cli", "up", str(h.path)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(h.tmp / "run")})
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and "cannot write the state file" in lines[0] and "No space left on device" in lines[0] \
+            and "nothing was started" in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), 0.5).close()  # the stand-in never ran
