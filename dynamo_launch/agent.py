@@ -33,6 +33,7 @@ SHIM_BOOT = ("import sys\n"
              "agent.shim_main()\n")
 OUTPUT_LIMIT = 64 * 1024  # per stream of `exec`
 READ_LIMIT = 1 << 20  # largest answer of `tail` / `read`
+EXIT_LINES, EXIT_LINES_LIMIT = 10, 4096  # a process's last log lines, sent with its exit (status shows them)
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 LAUNCH_VARS = ("DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-")
@@ -928,7 +929,12 @@ class Watcher:
             if ours:  # (a record replaced meanwhile: the new spawn ended the old tree before it started)
                 killed, left = end_orphaned_tree(rec)
                 ended.update(killed=killed[:64], killed_count=len(killed), left=left[:64])
+        last = ""
+        if ours and rec.get("log_file"):  # what it said last, read before a restart appends more
+            with suppress(Refused):
+                last = tail_text(rec["log_file"], EXIT_LINES, EXIT_LINES_LIMIT)
         self.agent.send({"event": "exit", "name": name, "pid": pid, "generation": e["rec"].get("generation"),
+                         "last_lines": last,
                          "launch_id": e["rec"].get("launch_id"), "code": ended.get("code"),
                          "signal": ended.get("signal"), "at": ended.get("at"),
                          "by_signal_from_us": (pid, start_time) in self.signalled,
@@ -1281,15 +1287,7 @@ class Agent:
         lines = arg(req, "lines", int, 100)
         if lines < 0:
             raise Refused("bad-request", "'lines' must be >= 0")
-        with open_file(arg(req, "path", str)) as f:
-            pos, data = f.seek(0, os.SEEK_END), b""
-            while pos > 0 and data.count(b"\n") <= lines and len(data) < READ_LIMIT:
-                step = min(65536, pos)  # backwards from the end: a huge log costs nothing
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-        kept = data.splitlines(True)[-lines:] if lines else []
-        return {"text": b"".join(kept)[-READ_LIMIT:].decode("utf-8", "replace")}
+        return {"text": tail_text(arg(req, "path", str), lines, READ_LIMIT)}
 
     def op_read(self, req):
         offset, inode = arg(req, "offset", int, 0), arg(req, "inode", int, None)
@@ -1365,6 +1363,19 @@ def open_file(path):
         raise Refused("not-found", "%s: no such file" % path)
     except OSError as e:
         raise Refused("os-error", "%s: %s" % (path, e.strerror))
+
+
+def tail_text(path, lines, limit):
+    """The last ``lines`` lines of the file ``path`` (at most ``limit`` bytes of them), as text."""
+    with open_file(path) as f:
+        pos, data = f.seek(0, os.SEEK_END), b""
+        while pos > 0 and data.count(b"\n") <= lines and len(data) < limit:
+            step = min(65536, pos)  # backwards from the end: a huge log costs nothing
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    kept = data.splitlines(True)[-lines:] if lines else []
+    return b"".join(kept)[-limit:].decode("utf-8", "replace")
 
 
 def utf8_complete(data):

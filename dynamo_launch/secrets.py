@@ -14,7 +14,7 @@ from .errors import SecretError
 from .model import SecretRef
 from .plan.spec import Env
 
-__all__ = ["check", "resolve"]
+__all__ = ["check", "redact", "resolve"]
 
 
 def _value(ref: SecretRef, environ: Mapping[str, str]) -> str:
@@ -49,3 +49,20 @@ def check(envs: list[tuple[str, tuple[Env, ...]]], environ: Mapping[str, str] | 
                     seen.add((e.name, str(e.value)))
                     problems.append(f"{process}: {e.name}: {err}")
     return problems
+
+
+def redact(text: str, env: tuple[Env, ...], environ: Mapping[str, str] | None = None) -> str:
+    """``text`` (a process's own output, shown in ``status``) with the value of every secret of
+    ``env`` that resolves replaced by ``***``: a process that prints its token leaks it no further."""
+    environ = os.environ if environ is None else environ
+    values = set()
+    for e in env:
+        if isinstance(e.value, SecretRef):
+            try:
+                values.add(_value(e.value, environ))
+            except SecretError:
+                continue
+    for v in sorted(values, key=len, reverse=True):
+        if len(v) >= 4:  # shorter would blank ordinary words
+            text = text.replace(v, "***")
+    return text

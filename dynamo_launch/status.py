@@ -52,7 +52,7 @@ def render(snap: dict[str, Any]) -> str:
         rows.append((p["host"], p["name"], p["role"], p["state"], str(p["pid"] or "-"), _duration(p["uptime"]),
                      str(p.get("tree_procs") or "-"), _bytes(p.get("memory_bytes")),
                      str(p["restarts"]), str(p["generation"]), _exit_text(p["last_exit"]),
-                     p["health"] or (p["reason"] if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") else "")))  # last: never cut
+                     _health(p)))  # last: never cut
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     up = sum(1 for p in snap["processes"] if p["state"] in ("READY", "RUNNING"))
     lines = [f"cluster {snap['cluster']} — launch {snap['launch_id']}, daemon pid {snap['daemon_pid']}, "
@@ -69,4 +69,18 @@ def render(snap: dict[str, Any]) -> str:
     lines.append("")
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for p in snap["processes"]:
+        if p.get("last_lines"):
+            lines += ["", f"{p['name']} ({p['state']}, last exit {_exit_text(p['last_exit'])}): "
+                          f"the end of {p.get('log_file') or 'its log'}:"]
+            lines += [f"  {x}" for x in p["last_lines"].rstrip("\n").splitlines()]
+            if p["state"] == "FAILED":  # no more restarts by itself: the operator's move
+                lines.append(f"  (fix the cause, then: dynamo-launch restart {p['name']})")
     return "\n".join(lines) + "\n"
+
+
+def _health(p: dict[str, Any]) -> str:
+    """The HEALTH column: the probe's last word, after why it is down when it is."""
+    if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") and p["reason"]:
+        return p["reason"] if p["health"] in ("", p["reason"]) else f"{p['reason']}; {p['health']}"
+    return p["health"] or ""

@@ -86,6 +86,7 @@ class Proc:
         self.exit_latency: float | None = None  # seconds from the exit on the node to the daemon
         self.probe_seconds: float | None = None  # duration of the last health probe
         self.tree: dict[str, Any] | None = None  # the agent's count of the copy's process tree and memory
+        self.last_lines = ""  # the end of its log when the last copy exited (secrets redacted), for status
 
     @property
     def name(self) -> str:
@@ -588,6 +589,7 @@ class Runner:
             p.exit_latency = max(0.0, time.time() - float(at))
         assert p.record is not None
         p.record["exit"] = {"code": event.get("code"), "signal": event.get("signal"), "at": at}
+        p.last_lines = secrets.redact(str(event.get("last_lines") or ""), p.spec.env)
         self.post(("proc", p.name), Exited(event.get("code"), event.get("signal"), int(event["pid"])))
 
     async def _read_trees(self) -> None:

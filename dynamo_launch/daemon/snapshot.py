@@ -55,6 +55,9 @@ def snapshot(daemon: Supervised) -> dict[str, Any]:
             # and bytes (cgroup memory.current where the node has it, else summed RSS)
             "tree_procs": (p.tree or {}).get("procs") if running else None,
             "memory_bytes": _memory(p.tree) if running else None,
+            # why it keeps dying, in its own words (as `systemctl status` shows a failed unit's log)
+            "last_lines": p.last_lines or None if m.state.name in ("BACKOFF", "FAILED") else None,
+            "log_file": p.spec.log_file,
         })
     gangs = [{"name": g, "state": m.state.name, "generation": m.generation, "restarts": m.restarts,
               "members": list(m.members), "reason": m.reason} for g, m in runner.gangs.items()]

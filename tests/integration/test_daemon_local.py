@@ -521,3 +521,31 @@ def test_up_on_a_full_state_disk_starts_nothing_and_says_so_in_one_line(harness)
         assert "Traceback" not in r.stderr
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), 0.5).close()  # the stand-in never ran
+
+
+def test_a_failed_process_s_status_row_tells_why_in_its_own_words_without_its_secrets(harness, monkeypatch):
+    monkeypatch.setenv("DL_TEST_TOKEN", "tok-0123456789")
+    script = ("import os, sys; print('loading with', os.environ['TOKEN']); "
+              "print(\"ModuleNotFoundError: No module named 'dynamo'\", file=sys.stderr); sys.exit(1)")
+    h = harness(f'''
+[[processes]]
+name = "broken"
+host = "local"
+command = {json.dumps([PY, "-c", script])}
+env = {{ TOKEN = "${{DL_TEST_TOKEN}}" }}
+[processes.restart]
+max_restarts = 1
+backoff_initial = 0.2
+''')
+
+    async def go():
+        d = await h.up()
+        await h.until(lambda: h.state("broken") is State.FAILED, 30)
+        row = next(p for p in snapshot(d)["processes"] if p["name"] == "broken")
+        assert row["last_lines"].splitlines()[-2:] == ["loading with ***", "ModuleNotFoundError: No module named 'dynamo'"]
+        text = render(snapshot(d))
+        assert "broken (FAILED, last exit code 1): the end of" in text and "No module named 'dynamo'" in text
+        assert "tok-0123456789" not in json.dumps(snapshot(d)) and "tok-0123456789" not in text
+        await h.down()
+
+    arun(go())
