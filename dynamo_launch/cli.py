@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -57,15 +58,27 @@ def validate(inventory: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--diff", "as_diff", is_flag=True,
               help="Show what `reload` would change in the running cluster: new, removed, restarted, unchanged.")
-def plan(inventory: str, as_json: bool, as_diff: bool) -> None:
+@click.option("--exit-code", is_flag=True,
+              help="With --diff: exit 1 when a reload would change something, 0 when not (as `git diff --exit-code`).")
+def plan(inventory: str, as_json: bool, as_diff: bool, exit_code: bool) -> None:
     """Print what `up` would start: per host, in start order, pasteable commands (secrets masked)."""
     from .plan.render import to_json, to_text
 
+    if exit_code and not as_diff:
+        _fail("--exit-code goes with --diff")
     result = _plan(inventory)
     if as_diff:
-        click.echo(_ask(result.cluster, "diff", path=os.path.abspath(inventory))["text"], nl=False)
-        return
+        answer = _ask(result.cluster, "diff", path=os.path.abspath(inventory))
+        click.echo(_json(answer["diff"]) if as_json else answer["text"], nl=False)
+        d = answer["diff"]
+        sys.exit(1 if exit_code and (d["added"] or d["removed"] or d["changed"]) else 0)
     click.echo(to_json(result) if as_json else to_text(result), nl=False)
+
+
+def _json(doc: Any) -> str:
+    """One JSON document as every command prints it: indented by 2, a newline at the end.
+    (Streams — ``events --json`` — are JSON Lines: one compact object per line.)"""
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def _plan(path: str) -> Plan:
@@ -206,7 +219,7 @@ def status(cluster: str | None, as_json: bool, watch: bool, interval: float, etc
         _fail("--etcd needs --cluster NAME")
     while True:
         snap = _from_etcd(etcd, cluster) if etcd else _ask(cluster, "status", timeout=5.0)
-        text = json.dumps(snap, indent=1) + "\n" if as_json else render(snap)
+        text = _json(snap) if as_json else render(snap)
         if watch:
             click.clear()
         click.echo(text, nl=False)
@@ -262,8 +275,13 @@ def reload(inventory: str | None, cluster: str | None) -> None:
     if inventory:
         cluster = cluster or _plan(inventory).cluster
     args = {"path": os.path.abspath(inventory)} if inventory else {}
-    click.echo(_ask(cluster, "reload", **args)["text"], nl=False)
-    click.echo("reloading: follow it with `dynamo-launch events -f`")
+    answer = _ask(cluster, "reload", **args)
+    click.echo(answer["text"], nl=False)
+    if answer.get("reloading", True):
+        click.echo("reloading: follow it with `dynamo-launch events -f`")
+    if answer.get("previous") and answer.get("inventory") != answer["previous"]:
+        click.echo(f"from now on the daemon reads {answer['inventory']} on every reload (SIGHUP, `systemctl reload`), "
+                   f"not {answer['previous']}")
 
 
 @main.command()
@@ -272,18 +290,20 @@ def reload(inventory: str | None, cluster: str | None) -> None:
 @click.option("--nats", "nats_url", default=None, metavar="URL",
               help="Follow the events on NATS instead of the control socket (from any node; needs --cluster; "
                    "credentials from NATS_AUTH_TOKEN or NATS_AUTH_USERNAME/NATS_AUTH_PASSWORD).")
-def events(cluster: str | None, follow: bool, nats_url: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line (JSON Lines).")
+def events(cluster: str | None, follow: bool, nats_url: str | None, as_json: bool) -> None:
     """Lifecycle events of the running cluster: started, ready, exited, restarting, gang restarts, failures."""
+    line = (lambda e: json.dumps(e, sort_keys=True)) if as_json else _event_line
     if nats_url:
         if not cluster:
             _fail("--nats needs --cluster NAME")
-        _events_from_nats(nats_url, cluster)
+        _events_from_nats(nats_url, cluster, line)
         return
     since = 0
     try:
         while True:
             for e in _ask(cluster, "events", since=since)["events"]:
-                click.echo(_event_line(e))
+                click.echo(line(e))
                 since = e["seq"]
             if not follow:
                 return
@@ -297,7 +317,7 @@ def _event_line(e: dict) -> str:
     return f"{stamp} {e['kind']:<17} {e['message']}"
 
 
-def _events_from_nats(url: str, cluster: str) -> None:
+def _events_from_nats(url: str, cluster: str, line: Callable[[dict], str]) -> None:
     import asyncio
 
     from .eventbus import subscribe
@@ -307,7 +327,7 @@ def _events_from_nats(url: str, cluster: str) -> None:
                 if k in os.environ}
         async with subscribe(url, cluster, auth=auth) as stream:
             async for e in stream:
-                click.echo(_event_line(e))
+                click.echo(line(e))
 
     try:
         asyncio.run(follow())

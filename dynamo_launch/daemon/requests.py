@@ -6,6 +6,7 @@ An error raised here reaches the client as one line (:class:`~dynamo_launch.cont
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 from ..errors import DynamoLaunchError
@@ -49,9 +50,14 @@ async def handle(daemon: Controlled, req: dict[str, Any]) -> dict[str, Any]:
                                          max_bytes=int(req.get("max_bytes", 1 << 20)))
         return await daemon.read_log(str(req["name"]), lines=int(req.get("lines", 100)))
     if op == "diff":
-        return {"text": render_diff(daemon.diff(req.get("path"))[2])}
+        d = daemon.diff(req.get("path"))[2]
+        return {"text": render_diff(d), "diff": d.as_dict()}
     if op == "reload":
-        return {"text": render_diff(daemon.start_reload(req.get("path")))}
+        previous = daemon.inventory_path
+        d = daemon.start_reload(req.get("path"))
+        # the file every later reload (SIGHUP, `systemctl reload`) reads: the client says so when it moved
+        return {"text": render_diff(d), "diff": d.as_dict(), "reloading": not d.empty,
+                "inventory": os.path.abspath(req.get("path") or previous), "previous": previous}
     if op == "down":
         report = await daemon.stop_and_wait()
         return {"stopped": report.stopped, "unknown": report.unknown, "leftovers": report.leftovers,

@@ -11,6 +11,7 @@ inventory entry (``workers[1]``: every replica of one worker group).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .spec import Plan, ProcessSpec
 
@@ -32,6 +33,14 @@ class PlanDiff:
     def empty(self) -> bool:
         """True when the reload would touch nothing."""
         return not (self.added or self.removed or self.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The diff as JSON-able data (``plan --diff --json``): restarted processes with their
+        step (1-based, in the order a reload takes them) and what changed."""
+        return {"added": list(self.added), "removed": list(self.removed),
+                "changed": [{"name": n, "step": i, "why": self.why[n]}
+                            for i, unit in enumerate(self.units, 1) for n in unit],
+                "unchanged": list(self.unchanged), "steps": len(self.units)}
 
 
 def _same(a: ProcessSpec, b: ProcessSpec) -> bool:

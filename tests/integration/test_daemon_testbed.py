@@ -317,11 +317,16 @@ def test_sighup_reload_restarts_only_the_changed_group(cluster):
     api = standin_process("api", b, hosts=["h2", "h3"])
     c = cluster(web + api)
     before = by_name(c.up())
-    diff = c.cli("plan", "--diff", str(c.path))
+    diff = c.cli("plan", "--diff", "--exit-code", str(c.path))
     assert diff.returncode == 0 and "no change" in diff.stdout
     c.path.write_text(c.path.read_text().replace(f'"--port", "{b}"', f'"--port", "{b}", "--ready-after", "0.2"'))
     diff = c.cli("plan", "--diff", str(c.path))
     assert "~ api-h2 (restarted, step 1/1: argv)" in diff.stdout and "= 3 unchanged" in diff.stdout
+    as_json = c.cli("plan", "--diff", "--json", "--exit-code", str(c.path))
+    assert as_json.returncode == 1, as_json.stderr  # changes: as `git diff --exit-code`
+    assert json.loads(as_json.stdout) == {
+        "added": [], "removed": [], "unchanged": ["web-h1", "web-h2", "web-h3"], "steps": 1,
+        "changed": [{"name": "api-h2", "step": 1, "why": "argv"}, {"name": "api-h3", "step": 1, "why": "argv"}]}
     c.proc.send_signal(signal.SIGHUP)
     snap = c.wait(lambda s: all(by_name(s)[n]["generation"] == 2 and by_name(s)[n]["state"] == "READY"
                                 for n in ("api-h2", "api-h3")), 60)
@@ -332,3 +337,14 @@ def test_sighup_reload_restarts_only_the_changed_group(cluster):
     kinds = [e["kind"] for e in c.request("events")["events"]]
     assert "reload" in kinds and "reloaded" in kinds
     assert sum(len(ps) for ps in c.scan_all().values()) == 5
+    lines = c.cli("events", "--json").stdout.splitlines()  # JSON Lines, the same events
+    assert [json.loads(x)["kind"] for x in lines] == kinds
+
+    # nothing changed: no "reloading"; another file: it says that file is the daemon's from now on
+    other = c.path.with_name("other.toml")
+    other.write_text(c.path.read_text())
+    r = c.cli("reload", str(other))
+    assert r.returncode == 0 and r.stdout.splitlines() == [
+        "no change: a reload would leave every process running untouched",
+        f"from now on the daemon reads {other} on every reload (SIGHUP, `systemctl reload`), not {c.path}"], r.stdout
+    c.wait(lambda s: s["inventory"] == str(other), 10)
