@@ -12,6 +12,7 @@ Standard library only, Python >= 3.8, Linux: this file must run on any node as i
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -491,6 +492,41 @@ class LogWriter:
         self._open(os.O_APPEND)
 
 
+class PlainText:
+    """Strips terminal escape sequences (colours, cursor moves, titles) from a child's output on
+    its way to ``log``: engines colour their logs even into a file. A sequence cut in two by a
+    read is carried over to the next chunk."""
+
+    _ESC = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]+[0-~]|[@-Z\\-_])")
+    _OPEN = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[ -/]+)?")  # begun, not finished
+
+    def __init__(self, log):
+        self.log, self.carry = log, b""
+
+    def write(self, data):
+        data, self.carry = self.carry + data, b""
+        esc = data.rfind(b"\x1b", max(0, len(data) - 256))
+        if esc >= 0 and self._OPEN.fullmatch(data, esc):
+            data, self.carry = data[:esc], data[esc:]
+        self.log.write(self._ESC.sub(b"", data) if b"\x1b" in data else data)
+
+    def start(self, line):
+        """Begin a copy's output with ``line`` on a line of its own (an appended log shows where each copy began)."""
+        self.log.write((b"\n" if ends_mid_line(self.log) else b"") + line.encode("utf-8", "replace") + b"\n")
+
+
+def ends_mid_line(log):
+    """True when the log file so far does not end with a newline (the last copy was cut off)."""
+    if log.size == 0:
+        return False
+    try:
+        with open(log.path, "rb") as f:  # (the log's own descriptor is write-only)
+            f.seek(log.size - 1)
+            return f.read(1) not in (b"\n", b"")
+    except OSError:
+        return False
+
+
 def read_fd(fd):
     """Everything on ``fd`` until EOF (not through ``sys.stdin``: a forked copy's buffer is stale)."""
     chunks = []
@@ -631,9 +667,11 @@ def run_shim(spec, answer):
     """Fork the child, record it, release it, copy its output, record its exit."""
     name, argv, run_file = spec["name"], spec["argv"], spec["run_file"]
     try:
-        log = LogWriter(spec["log_file"], spec["log_max_bytes"], spec["log_backups"])
+        log = PlainText(LogWriter(spec["log_file"], spec["log_max_bytes"], spec["log_backups"]))
     except OSError as e:
         return answer({"ok": False, "error": "cannot open log %s: %s" % (spec["log_file"], e.strerror)})
+    log.start("----- dynamo-launch: %s generation %s starting at %s (launch %s) -----" % (
+        name, spec["generation"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), spec["launch_id"]))
     env = dict(os.environ)
     env.update(spec["env"])
     env["PATH"] = child_path(env.get("PATH"))

@@ -102,8 +102,12 @@ class Node:
     def record(self, name: str) -> dict:
         return json.loads((self.state / "run" / f"{name}.json").read_text())
 
-    def log(self, name: str) -> str:
-        return (self.state / "logs" / f"{name}.log").read_text()
+    def log(self, name: str, *, separators: bool = False) -> str:
+        """The log of ``name``; without the line each start begins with, unless ``separators``."""
+        text = (self.state / "logs" / f"{name}.log").read_text()
+        if separators:
+            return text
+        return "".join(x for x in text.splitlines(True) if not x.startswith("----- dynamo-launch: "))
 
 
 @contextlib.asynccontextmanager

