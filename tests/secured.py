@@ -43,13 +43,15 @@ def etcd_token(endpoint: str, user: str, password: str) -> str:
     return r["token"]
 
 
-def nats_hello(address: str, port: int, token: str | None = None, publish: str | None = None) -> bytes:
-    """Connect (with ``token`` when given), optionally publish to ``publish``, PING; what the server
-    answered (``…PONG`` when it accepted us, ``-ERR 'Authorization Violation'`` when not)."""
-    connect = {"verbose": False, **({"auth_token": token} if token else {})}
+def nats_hello(address: str, port: int, token: str | None = None, publish: str | None = None,
+               connect: dict | None = None) -> bytes:
+    """Connect (with ``token``, or the CONNECT options ``connect``, when given), optionally publish
+    to ``publish``, PING; what the server answered (``…PONG`` when it accepted us,
+    ``-ERR 'Authorization Violation'`` when not)."""
+    options = {"verbose": False, **({"auth_token": token} if token else {}), **(connect or {})}
     with socket.create_connection((address, port), timeout=5) as s:
         s.recv(4096)  # INFO
-        s.sendall(f"CONNECT {json.dumps(connect)}\r\n".encode()
+        s.sendall(f"CONNECT {json.dumps(options)}\r\n".encode()
                   + (f"PUB {publish} 2\r\n{{}}\r\n".encode() if publish else b"") + b"PING\r\n")
         deadline, got = time.monotonic() + 5, b""
         while b"PONG" not in got and b"-ERR" not in got and time.monotonic() < deadline:
