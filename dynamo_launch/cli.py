@@ -386,8 +386,10 @@ def _from_etcd(endpoints: str, cluster: str) -> dict:
 
     from .mirror import read_status
 
+    # etcd with auth on (the launcher's own always is): the Dynamo user's credentials, as Dynamo reads them
+    user, password = os.environ.get("ETCD_AUTH_USERNAME"), os.environ.get("ETCD_AUTH_PASSWORD")
     try:
-        snap = asyncio.run(read_status(endpoints, cluster))
+        snap = asyncio.run(read_status(endpoints, cluster, auth=(user, password) if user and password else None))
     except NotPublished as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,9 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
+_AUTH_ERRORS = re.compile(r"auth|token|permission denied|user name|password", re.IGNORECASE)
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -71,7 +75,8 @@ def _unavailable_reason(details: str) -> str:
 class EtcdClient:
     """A small asyncio etcd v3 client over ``aetcd``: str keys, bytes values, :class:`MirrorError`.
 
-    ``endpoints``: comma-separated ``http://host:port`` (or a list). Calls go to one endpoint at a
+    ``endpoints``: comma-separated ``http://host:port`` (or a list); ``auth``: ``(user, password)``
+    when etcd has auth on (a rejected or expired token re-authenticates at the next call). Calls go to one endpoint at a
     time; when it cannot be reached the next one is tried (once per call, for requests that never
     left); every call has ``timeout`` seconds. Not thread-safe; one event loop.
 
@@ -85,7 +90,8 @@ class EtcdClient:
         await c.close()
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0):
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0, auth: tuple[str, str] | None = None):
+        self._auth = auth  # (user, password) for an etcd with auth on: never logged
         try:
             self._targets = parse_endpoints(endpoints)
         except ValueError as e:
@@ -104,7 +110,8 @@ class EtcdClient:
         # Reconnect quickly once etcd is back (gRPC's default backoff grows to 2 minutes).
         options = {"grpc.initial_reconnect_backoff_ms": 100, "grpc.min_reconnect_backoff_ms": 100,
                    "grpc.max_reconnect_backoff_ms": 1000, "grpc.enable_retries": 0}
-        return aetcd.Client(host=host, port=port, timeout=self.timeout, options=options,
+        user, password = self._auth or (None, None)
+        return aetcd.Client(host=host, port=port, username=user, password=password, timeout=self.timeout, options=options,
                             connect_wait_timeout=max(1, int(self.timeout)))
 
     async def _drop_client(self) -> None:
@@ -137,6 +144,8 @@ class EtcdClient:
                 self._index = (self._index + 1) % len(self._targets)
                 raise MirrorError(f"etcd {what} timed out after {self.timeout:g}s at {where}") from None
             except aetcd.ClientError as e:
+                if _AUTH_ERRORS.search(str(e)):  # e.g. etcd restarted: its tokens are gone; a new client authenticates
+                    await self._drop_client()
                 raise MirrorError(f"etcd {what} failed at {where}: {_one_line(str(e) or type(e).__name__)}") from None
             except Exception as e:  # grpc internals (channel closed under us, usage errors): same contract
                 await self._drop_client()
@@ -218,17 +227,20 @@ class EtcdClient:
         return bool(succeeded), current
 
     async def write(self, ops: Iterable[tuple[str, bytes | None]], *, if_created_at: tuple[str, int] | None = None,
-                    lease: int | None = None) -> bool:
+                    lease: int | None = None, if_mod_revision: int | None = None) -> bool:
         """Put (value bytes) or delete (value None) several keys in one transaction.
 
         ``if_created_at=(key, revision)``: only if ``key`` still exists with that create revision
-        (the leadership fence); False when it does not (nothing written). ``lease`` applies to the puts.
+        (the leadership fence); False when it does not (nothing written). ``if_mod_revision``: and
+        only if that key was last changed at that revision. ``lease`` applies to the puts.
         """
         ops = list(ops)
 
         async def txn(c: Any) -> Any:
             t = c.transactions
             compare = [] if if_created_at is None else [t.create(if_created_at[0].encode()) == if_created_at[1]]
+            if if_created_at is not None and if_mod_revision is not None:
+                compare.append(t.mod(if_created_at[0].encode()) == if_mod_revision)
             success = [t.put(k.encode(), v, lease=lease) if v is not None else t.delete(k.encode()) for k, v in ops]
             return await c.transaction(compare=compare, success=success, failure=[])
 

@@ -114,6 +114,16 @@ async def _connect(url: str, timeout: float, auth: Mapping[str, str] | None = No
     return nc
 
 
+def _well_formed(event: Any) -> bool:
+    """An event with the fields and types every reader of one relies on."""
+    if not isinstance(event, dict):
+        return False
+    seq, when, process = event.get("seq"), event.get("time"), event.get("process")
+    return (isinstance(seq, int) and not isinstance(seq, bool) and isinstance(when, (int, float))
+            and not isinstance(when, bool) and isinstance(event.get("kind"), str)
+            and isinstance(event.get("message"), str) and (process is None or isinstance(process, str)))
+
+
 class EventBus:
     """Publishes a cluster's lifecycle events on NATS from a bounded, ordered queue.
 
@@ -273,7 +283,9 @@ class EventSubscription:
     ``async with`` connects — :class:`EventBusError` when NATS cannot be reached — and always
     closes). ``reconnect`` (default True): when the connection is lost, reconnect with backoff and
     carry on (events published meanwhile are missed: core NATS has no history); False: the
-    iteration simply ends. Non-JSON messages are skipped; so are repeats of the last 1000 events
+    iteration simply ends. Messages that are not events as the daemon publishes them (not JSON, or
+    without an int ``seq``, a numeric ``time``, string ``kind`` and ``message``, a string or null
+    ``process``) are skipped and counted in ``malformed``; so are repeats of the last 1000 events
     (same ``seq`` and ``time``).
     """
 
@@ -286,6 +298,7 @@ class EventSubscription:
         self.reconnect = reconnect
         self._auth = dict(auth or {})
         self.dropped = 0
+        self.malformed = 0  # messages on the subject that are not events as the daemon sends them: skipped
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self._nc: Any = None
         self._closed = False
@@ -366,8 +379,9 @@ class EventSubscription:
             try:
                 event = json.loads(item)
             except ValueError:
-                continue
-            if not isinstance(event, dict):
+                event = None
+            if not _well_formed(event):  # anyone who may publish on the subject can send anything
+                self.malformed += 1
                 continue
             key = (event.get("seq"), event.get("time"))
             if key != (None, None):

@@ -78,6 +78,12 @@ ROOT = "/dynamo-launch"
 # --- the mirror -------------------------------------------------------------------------------------------
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` from etcd with control characters replaced (it ends up in messages and logs)."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
@@ -116,7 +122,8 @@ class Mirror:
 
     def __init__(self, cluster: str, endpoints: str | Sequence[str], holder: str, *, ttl: float = 10.0,
                  timeout: float = 3.0, heartbeat_interval: float = 10.0,
-                 on_conflict: Callable[[LeaderHeld], None] | None = None, starting: bool = False):
+                 on_conflict: Callable[[LeaderHeld], None] | None = None, starting: bool = False,
+                 auth: tuple[str, str] | None = None):
         self.cluster = cluster
         # ``starting``: the launcher is bringing this etcd up itself, so not answering before the
         # first connection is expected (logged at info), not a problem (a warning).
@@ -125,7 +132,7 @@ class Mirror:
         self.leader_key = f"{self.prefix}/leader"
         self.heartbeat_key = f"{self.prefix}/heartbeat"
         self.status_key = f"{self.prefix}/status"
-        self.client = EtcdClient(endpoints, timeout=timeout)
+        self.client = EtcdClient(endpoints, timeout=timeout, auth=auth)
         self.endpoints = self.client.endpoints
         self.holder = holder
         self.ttl = max(2, math.ceil(ttl))
@@ -175,16 +182,40 @@ class Mirror:
         self.start()
 
     async def _held(self, current: KV | None) -> LeaderHeld:
-        holder = current.value.decode(errors="replace") if current is not None else "another daemon"
+        holder = _printable(current.value.decode(errors="replace")) if current is not None else "another daemon"
         remaining = None
         if current is not None and current.lease:
             with contextlib.suppress(MirrorError):
                 remaining = await self.client.lease_ttl(current.lease)
         return LeaderHeld(self.cluster, holder, key=self.leader_key, endpoints=self.endpoints, ttl=remaining)
 
+    async def _live_holder(self, current: KV) -> bool:
+        """True when ``current`` (the leader key) is held by a live lease, as every daemon's is.
+
+        A key without a lease, or whose lease is gone, was not written by a running daemon (a
+        forgery, or a leftover of a key written by hand): it blocks nobody. It is removed only if
+        it is still the very key read (same create and mod revision), so a daemon that takes the
+        key in between is never displaced.
+        """
+        ttl = 0
+        if current.lease:
+            try:
+                ttl = await self.client.lease_ttl(current.lease)
+            except MirrorError as e:
+                if "not found" not in str(e):
+                    raise
+        if ttl > 0:
+            return True
+        holder = _printable(current.value.decode(errors="replace"))
+        self._log.warning("the leader key is not held by a live lease (forged or stale): taking over",
+                          key=self.leader_key, holder=holder, lease=f"{current.lease:x}")
+        await self.client.write([(self.leader_key, None)], if_created_at=(self.leader_key, current.create_revision),
+                                if_mod_revision=current.mod_revision)
+        return False
+
     async def _acquire_once(self) -> None:
         current = await self.client.get(self.leader_key)
-        if current is not None:  # held: say by whom, without granting a lease for nothing
+        if current is not None and await self._live_holder(current):  # held: say by whom, granting no lease for nothing
             raise await self._held(current)
         lease = await self.client.grant_lease(self.ttl)
         value = f"{self.holder} since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
@@ -392,7 +423,45 @@ class Mirror:
         await self.client.close()
 
 
-async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: float = 5.0) -> dict[str, Any]:
+_NUM, _OPT = (int, float), type(None)
+_SHAPE: dict[str, Any] = {
+    "cluster": str, "launch_id": str, "daemon_pid": int, "started": _NUM, "now": _NUM,
+    "hosts": [{"name": str, "address": str, "up": bool, "error": (str, _OPT)}],
+    "gangs": [{"name": str, "state": str, "generation": int, "restarts": int, "members": [str]}],
+    "processes": [{"host": str, "name": str, "role": str, "state": str, "reason": (str, _OPT), "pid": (int, _OPT),
+                   "uptime": (*_NUM, _OPT), "restarts": int, "generation": int, "health": (str, _OPT),
+                   "last_exit": ({"code": (int, _OPT), "signal": (int, _OPT)}, _OPT)}],
+}
+"""The fields (and their types) of a status that ``status`` reads: what :func:`read_status` checks."""
+
+
+def _shape_problem(value: Any, shape: Any, where: str) -> str:
+    """Where ``value`` departs from ``shape`` (a type, a tuple of choices, ``[item shape]`` or a
+    dict of field shapes), as ``where.field: expected …``; "" when it fits."""
+    choices = shape if isinstance(shape, tuple) else (shape,)
+    for choice in choices:
+        if isinstance(choice, dict):
+            if isinstance(value, dict):
+                return next(filter(None, (_shape_problem(value.get(k), s, f"{where}.{k}".lstrip("."))
+                                          for k, s in choice.items())), "")
+        elif isinstance(choice, list):
+            if isinstance(value, list):
+                return next(filter(None, (_shape_problem(v, choice[0], f"{where}[{i}]") for i, v in enumerate(value))), "")
+        elif isinstance(value, choice) and not (isinstance(value, bool) and choice is not bool):
+            return ""
+    names = [("object" if isinstance(c, dict) else "list" if isinstance(c, list) else
+              "null" if c is _OPT else c.__name__) for c in choices]
+    return f"{where or 'the value'}: expected {' or '.join(dict.fromkeys(names))}, found {type(value).__name__}"
+
+
+def _status_problem(snap: Any) -> str:
+    """What makes ``snap`` (read back from etcd, so written by anyone with access) unusable as a
+    status; "" when it has the shape the daemon writes."""
+    return _shape_problem(snap, _SHAPE, "")
+
+
+async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: float = 5.0,
+                      auth: tuple[str, str] | None = None) -> dict[str, Any]:
     """The cluster's status as its daemon last published it (``status --etcd``), from any node.
 
     Returns the snapshot (same shape as the control socket's ``status``) plus ``"mirror"``:
@@ -400,9 +469,10 @@ async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: 
     "daemon_alive" (its lease-held heartbeat exists)}``. While the daemon is alive, ``now`` and the
     running processes' ``uptime`` are advanced to this node's clock (the daemon skips writes that
     only change those). Raises :class:`NotPublished` when no daemon published the cluster, and
-    :class:`MirrorError` when etcd cannot be reached.
+    :class:`MirrorError` when etcd cannot be reached or the key does not hold a status (one
+    line: what is wrong, where). ``auth``: ``(user, password)`` for an etcd with auth on.
     """
-    client = EtcdClient(endpoints, timeout=timeout)
+    client = EtcdClient(endpoints, timeout=timeout, auth=auth)
     prefix = f"{ROOT}/{cluster}"
     try:
         status = await client.get(f"{prefix}/status")
@@ -416,6 +486,9 @@ async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: 
         snap = json.loads(status.value)
     except ValueError:
         raise MirrorError(f"etcd key {prefix}/status at {client.endpoints} does not hold JSON") from None
+    problem = _status_problem(snap)
+    if problem:
+        raise MirrorError(f"etcd key {prefix}/status at {client.endpoints} does not hold a dynamo-launch status: {problem}")
     beat: dict[str, Any] = {}
     if heartbeat is not None:
         with contextlib.suppress(ValueError):

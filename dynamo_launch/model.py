@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import enum
 import functools
+import posixpath
 from dataclasses import dataclass, field
 
 from .versions import SUPPORTED_DYNAMO_VERSIONS
 
+CREDENTIALS_DIR = "credentials"
+"""Where, under the state directory on the head, the daemon keeps the credentials it generates (0700; files 0600)."""
+
+ETCD_DYNAMO_USER = "dynamo"
+"""The etcd user Dynamo processes authenticate as (the daemon itself is ``root``)."""
+
 __all__ = [
+    "CREDENTIALS_DIR",
+    "ETCD_DYNAMO_USER",
     "WORKER_STARTUP_TIMEOUT",
     "Backend",
     "Cluster",
@@ -86,15 +95,19 @@ class RestartPolicy(str, enum.Enum):
 class SecretRef:
     """A secret given by reference, resolved on the head at launch time.
 
-    ``kind`` is ``"env"`` (``${NAME}``: the daemon's environment) or
-    ``"file"`` (``file:/path``: the file's content, trailing newline dropped).
+    ``kind`` is ``"env"`` (``${NAME}``: the daemon's environment), ``"file"`` (``file:/path``:
+    the file's content, trailing newline dropped) or ``"generated"`` (a credential the daemon
+    generates once per cluster in ``<state_dir>/credentials/``, then read like a file; never
+    written by the operator).
     """
 
     kind: str
     ref: str
 
     def __str__(self) -> str:
-        return f"${{{self.ref}}}" if self.kind == "env" else f"file:{self.ref}"
+        if self.kind == "env":
+            return f"${{{self.ref}}}"
+        return f"{self.kind}:{self.ref}"
 
 
 EnvValue = str | SecretRef
@@ -341,3 +354,29 @@ class Inventory:
     def head(self) -> Host:
         """The head host: NATS, etcd and the daemon live here."""
         return self.host(self.cluster.head)
+
+    def generated(self, name: str) -> SecretRef:
+        """The credential ``name`` the daemon generates in ``<state_dir>/credentials/`` (see :attr:`nats_auth`)."""
+        return SecretRef("generated", posixpath.join(self.cluster.state_dir, CREDENTIALS_DIR, name))
+
+    @property
+    def nats_auth(self) -> tuple[tuple[str, EnvValue], ...]:
+        """NATS credentials every Dynamo process gets: the inventory's, else — for the NATS the
+        launcher runs — a generated token (an external NATS keeps the operator's settings)."""
+        if self.nats.auth or self.nats.external is not None:
+            return self.nats.auth
+        return (("NATS_AUTH_TOKEN", self.generated("nats-token")),)
+
+    @property
+    def etcd_auth(self) -> tuple[tuple[str, EnvValue], ...]:
+        """etcd credentials every Dynamo process gets (``ETCD_AUTH_USERNAME``/``_PASSWORD``, as
+        Dynamo reads them) for the etcd the launcher runs, which has auth enabled; none for an
+        external etcd (the operator passes its own in ``[env]``)."""
+        if self.etcd.external is not None:
+            return ()
+        return (("ETCD_AUTH_USERNAME", ETCD_DYNAMO_USER), ("ETCD_AUTH_PASSWORD", self.generated("etcd-dynamo-password")))
+
+    @property
+    def etcd_root(self) -> SecretRef | None:
+        """The generated password of etcd's ``root`` user (the daemon's own client); None for an external etcd."""
+        return None if self.etcd.external is not None else self.generated("etcd-root-password")

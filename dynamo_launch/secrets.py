@@ -22,11 +22,11 @@ def _value(ref: SecretRef, environ: Mapping[str, str]) -> str:
         if ref.ref not in environ:
             raise SecretError(f"${{{ref.ref}}} is not set in the daemon's environment")
         return environ[ref.ref]
-    try:
+    try:  # "file" and "generated" (see credentials.py) alike
         with open(ref.ref, encoding="utf-8") as f:
             return f.read().rstrip("\n")
     except OSError as e:
-        raise SecretError(f"file:{ref.ref}: {e.strerror or e}") from None
+        raise SecretError(f"{ref}: {e.strerror or e}") from None
 
 
 def resolve(env: tuple[Env, ...], environ: Mapping[str, str] | None = None) -> dict[str, str]:

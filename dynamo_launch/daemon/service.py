@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from .. import secrets
+from .. import credentials, secrets
 from ..addresses import split_hostport
 from ..control import ControlServer, socket_path
 from ..errors import (
@@ -124,6 +124,9 @@ class Daemon:
                       start: bool = True) -> Adoption:
         """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
         self._take_lock()
+        created = credentials.ensure(self.inv)  # before anything uses them: NATS, etcd, the mirror, the bus
+        if created:
+            self._log.info("generated NATS/etcd credentials", files=created)
         saved = self._load_state()
         if start:  # stopping (`down`) must work on a full disk; starting what could not be recorded must not
             self._probe_state(saved)
@@ -183,8 +186,13 @@ class Daemon:
         """Take the cluster's leader key in etcd (a second daemon elsewhere is refused) and start
         mirroring and publishing events. With etcd not up yet — ours starts with the cluster —
         the key is taken in the background as soon as it answers."""
+        try:
+            etcd_auth = credentials.etcd_client_auth(self.inv)
+        except SecretError as e:  # an external etcd's credentials: preflight names it
+            self._log.warning("etcd credentials unavailable: the mirror connects without", reason=str(e))
+            etcd_auth = None
         self.mirror = Mirror(self.plan.cluster, self.plan.etcd_url, f"pid {os.getpid()} on {socket.gethostname()}",
-                             on_conflict=self._on_conflict, starting=self.inv.etcd.external is None)
+                             on_conflict=self._on_conflict, starting=self.inv.etcd.external is None, auth=etcd_auth)
         try:
             # Our own previous run (crashed: we hold the state-dir lock now) may still hold the
             # key until its lease runs out; anyone else keeps holding it and we give up.
@@ -193,10 +201,15 @@ class Daemon:
             self.mirror = None
             raise AlreadyRunning(str(e)) from None
         except MirrorError as e:
+            if "authentication failed" in str(e):  # etcd answers, but not to us: not "not up yet"
+                self.mirror = None
+                raise DynamoLaunchError(f"{e}: this daemon's etcd credentials (in {self.plan.state_dir}/credentials, "
+                                        "or ETCD_AUTH_* of an external etcd) are not the ones this etcd was set up "
+                                        "with") from None
             self._log.info("etcd not reachable yet: mirroring starts once it is", reason=str(e))
             self.mirror.start()
         try:
-            auth = secrets.resolve(tuple(Env(k, v) for k, v in self.inv.nats.auth))
+            auth = secrets.resolve(tuple(Env(k, v) for k, v in self.inv.nats_auth))
         except SecretError as e:  # preflight names it; events simply go unsent
             self._log.warning("NATS credentials unavailable: events are not published", reason=str(e))
             auth = {}

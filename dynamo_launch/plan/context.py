@@ -82,8 +82,9 @@ class Context:
         return out
 
     def dynamo_env(self) -> list[tuple[str, EnvValue]]:
-        """Discovery endpoints every Dynamo process gets, and NATS credentials (secret references) when set."""
-        return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url), *self.inv.nats.auth]
+        """Discovery endpoints every Dynamo process gets, and the NATS and etcd credentials (secret references)."""
+        return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url), *self.inv.nats_auth,
+                *self.inv.etcd_auth]
 
     def spec(
         self,

@@ -55,7 +55,8 @@ def processes(ctx: Context, replica: Replica, path: KeyPath) -> list[ProcessSpec
     leader_env = [("OMPI_MCA_orte_keep_fqdn_hostnames", "1"), *ctx.network_env(leader_host)]
     names = ["PATH", "LD_LIBRARY_PATH", "OMPI_MCA_orte_keep_fqdn_hostnames", "NATS_SERVER", "ETCD_ENDPOINTS",
              *(k for k, _ in system_env("", 0)), *(k for k, _ in leader_env)]  # fmt: skip
-    names += [k for k, _ in (*ctx.inv.env, *ctx.inv.host(leader_host).env, *group.env, *ctx.inv.nats.auth)]
+    names += [k for k, _ in (*ctx.inv.env, *ctx.inv.host(leader_host).env, *group.env, *ctx.inv.nats_auth,
+                                          *ctx.inv.etcd_auth)]
     for name in dict.fromkeys(names):
         mpirun += ["-x", name]
     # By absolute path: mpirun execs it on every rank with the remote shell's PATH.

@@ -25,6 +25,7 @@ import pytest
 from tests.bed_daemon import Cluster, InfraCluster, by_name, ports, run_infra
 from tests.daemon_harness import PY, standin_process
 from tests.infra import missing_launcher_servers
+from tests.secured import b64, credential, etcd_call, etcd_token, nats_hello
 from tests.testbed_fixture import in_ci
 
 pytestmark = pytest.mark.testbed
@@ -69,26 +70,8 @@ def exe(bed, host: str, pid: int) -> str:
     return r.stdout.strip()
 
 
-def nats_ping(address: str, port: int) -> bool:
-    with socket.create_connection((address, port), timeout=5) as s:
-        s.recv(4096)  # INFO
-        s.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
-        deadline, got = time.monotonic() + 5, b""
-        while b"PONG" not in got and time.monotonic() < deadline:
-            got += s.recv(4096)
-        return b"PONG" in got
-
-
-def etcd_call(endpoint: str, op: str, body: dict) -> dict:
-    """etcd's v3 JSON gateway (``/v3/kv/put``, ``/v3/kv/range``); keys and values base64."""
-    req = urllib.request.Request(f"{endpoint}/v3/kv/{op}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def nats_ping(address: str, port: int, token: str | None = None) -> bool:
+    return b"PONG" in nats_hello(address, port, token)
 
 
 def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts(infra_cluster, bed):
@@ -108,7 +91,19 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
     assert exe(bed, "h1", procs["nats"]["pid"]) == os.path.realpath(os.path.join(venv_bin, "nats-server"))
     assert exe(bed, "h1", procs["etcd"]["pid"]) == os.path.realpath(shutil.which("etcd"))
     assert environ(bed, "h1", procs["nats"]["pid"])["PATH"].split(":")[0] == venv_bin
-    assert nats_ping(head, n_port)
+    token = credential(c.state_dir, "nats-token")
+    assert nats_ping(head, n_port, token)
+    # secure by default: without the generated credentials, NATS and etcd refuse (issue 14, item 2)
+    assert b"Authorization Violation" in nats_hello(head, n_port, publish=f"dynamo_launch.{c.name}.events")
+    endpoint = f"http://{head}:{e_port}"
+    assert "error" in etcd_call(endpoint, "kv/put", {"key": b64(f"/dynamo-launch/{c.name}/leader"), "value": b64("x")})
+    assert "error" in etcd_call(endpoint, "kv/range", {"key": b64(f"/dynamo-launch/{c.name}/status")})
+    dynamo = ("dynamo", credential(c.state_dir, "etcd-dynamo-password"))
+    as_dynamo = etcd_token(endpoint, *dynamo)  # Dynamo's user may read the launcher's keys, not write them
+    assert "error" in etcd_call(endpoint, "kv/put", {"key": b64(f"/dynamo-launch/{c.name}/leader"), "value": b64("x")},
+                                as_dynamo)
+    for secret in (token, dynamo[1], credential(c.state_dir, "etcd-root-password")):  # never on a command line
+        assert secret not in bed.exec("h1", ["ps", "-eo", "args"], capture_output=True, text=True, timeout=10).stdout
     with urllib.request.urlopen(f"http://{head}:{n_mon}/healthz?js-enabled-only=true", timeout=5) as r:
         assert r.status == 200
     # JetStream's store and etcd's data live under the state directory on h1.
@@ -120,13 +115,13 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
         env = environ(bed, procs[name]["host"], procs[name]["pid"])
         assert env["NATS_SERVER"] == f"nats://{head}:{n_port}", env.get("NATS_SERVER")
         assert env["ETCD_ENDPOINTS"] == f"http://{head}:{e_port}", env.get("ETCD_ENDPOINTS")
+        assert (env["NATS_AUTH_TOKEN"], env["ETCD_AUTH_USERNAME"], env["ETCD_AUTH_PASSWORD"]) == (token, *dynamo)
     workers = {n: procs[n]["pid"] for n in ("web-h2", "web-h3")}
 
     # Data that must survive etcd's restart.
-    endpoint = f"http://{head}:{e_port}"
-    etcd_call(endpoint, "put", {"key": b64("/dl-test/k"), "value": b64("kept")})
+    etcd_call(endpoint, "kv/put", {"key": b64("/dl-test/k"), "value": b64("kept")}, as_dynamo)
 
-    for name, ready_check in (("nats", lambda: nats_ping(head, n_port)), ("etcd", None)):
+    for name, ready_check in (("nats", lambda: nats_ping(head, n_port, token)), ("etcd", None)):
         before = by_name(c.status())[name]
         t0 = time.monotonic()
         c.kill_on_host("h1", before["pid"])
@@ -147,7 +142,8 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
         if ready_check:
             assert ready_check()
 
-    got = etcd_call(endpoint, "range", {"key": b64("/dl-test/k")})
+    # etcd's restart ended the old token; the same credentials (auth survives in its data dir) work again
+    got = etcd_call(endpoint, "kv/range", {"key": b64("/dl-test/k")}, etcd_token(endpoint, *dynamo))
     assert [base64.b64decode(kv["value"]).decode() for kv in got.get("kvs", [])] == ["kept"]
 
     # From another node, through etcd alone (no control socket there): the same truth.
@@ -155,7 +151,8 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
         return [(p["host"], p["name"], p["pid"], p["state"], p["restarts"], p["generation"]) for p in snap["processes"]]
 
     def same_from_h2() -> bool:
-        r = bed.exec("h2", [PY, "-m", "dynamo_launch.cli", "status", "--json", "--etcd", endpoint, "--cluster", c.name],
+        r = bed.exec("h2", ["env", f"ETCD_AUTH_USERNAME={dynamo[0]}", f"ETCD_AUTH_PASSWORD={dynamo[1]}", PY, "-m",
+                            "dynamo_launch.cli", "status", "--json", "--etcd", endpoint, "--cluster", c.name],
                       capture_output=True, text=True, timeout=30)
         return r.returncode == 0 and view(json.loads(r.stdout)) == view(c.status())
 
@@ -163,7 +160,8 @@ def test_up_runs_nats_and_etcd_first_workers_get_them_and_survive_their_restarts
     while not same_from_h2():
         assert time.monotonic() < deadline, "status through etcd never matched the control socket"
         time.sleep(0.5)
-    text = bed.exec("h3", [PY, "-m", "dynamo_launch.cli", "status", "--etcd", endpoint, "--cluster", c.name],
+    text = bed.exec("h3", ["env", f"ETCD_AUTH_USERNAME={dynamo[0]}", f"ETCD_AUTH_PASSWORD={dynamo[1]}", PY, "-m",
+                           "dynamo_launch.cli", "status", "--etcd", endpoint, "--cluster", c.name],
                     capture_output=True, text=True, timeout=30)
     assert text.returncode == 0 and "web-h3" in text.stdout and "READY" in text.stdout
 
@@ -204,12 +202,17 @@ def test_a_second_daemon_for_the_cluster_is_refused_through_etcd(infra_cluster, 
     head = bed.host("h1").address
     leader = b64(f"/dynamo-launch/{c.name}/leader")
     deadline = time.monotonic() + 20  # the daemon takes the key as soon as its etcd answers
-    while not etcd_call(f"http://{head}:{e_port}", "range", {"key": leader}).get("kvs"):
+    endpoint = f"http://{head}:{e_port}"
+    root = etcd_token(endpoint, "root", credential(c.state_dir, "etcd-root-password"))
+    while not etcd_call(endpoint, "kv/range", {"key": leader}, root).get("kvs"):
         assert time.monotonic() < deadline, "the daemon never took the leader key"
         time.sleep(0.2)
     # Another head for the same cluster: its own state dir and control socket, so only etcd can tell.
     other = tmp_path / "other-head.toml"
     other.write_text(c.path.read_text().replace(f'state_dir = "{c.state_dir}"', f'state_dir = "{c.state_dir}-b"'))
+    # a standby head of the same cluster has its credentials (without them etcd refuses it anyway)
+    os.makedirs(f"{c.state_dir}-b", mode=0o700)
+    shutil.copytree(f"{c.state_dir}/credentials", f"{c.state_dir}-b/credentials")
     env = {**c.env, "DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp_path / "run-b")}
     r = subprocess.run([PY, "-m", "dynamo_launch.cli", "up", str(other), "--log-format", "json"], env=env,
                        capture_output=True, text=True, timeout=90)

@@ -3,10 +3,8 @@ and is on no command line and in no file (needs the nats-server binary; see test
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,20 +18,12 @@ from dynamo_launch import secrets
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from tests.infra import free_port, nats_binary
+from tests.secured import nats_hello
 
 
 def _connect(port: int, connect: dict) -> bytes:
     """CONNECT + PING on a fresh connection: b"PONG" when the server let us in, else its -ERR."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.recv(4096)  # INFO
-        s.sendall(b"CONNECT " + json.dumps({"verbose": False, **connect}).encode() + b"\r\nPING\r\n")
-        deadline, got = time.monotonic() + 5, b""
-        while b"PONG" not in got and b"-ERR" not in got and time.monotonic() < deadline:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
-        return got
+    return nats_hello("127.0.0.1", port, connect=connect)
 
 
 @pytest.fixture

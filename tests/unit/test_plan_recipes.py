@@ -8,6 +8,7 @@ import pytest
 
 from dynamo_launch.errors import InventoryError
 from dynamo_launch.inventory import parse
+from dynamo_launch.model import SecretRef
 from dynamo_launch.plan import build
 from dynamo_launch.plan.spec import ProbeKind
 
@@ -202,7 +203,8 @@ def test_plan_is_deterministic() -> None:
 def test_nats_and_etcd_on_the_head_by_default() -> None:
     plan = _plan("[frontend]\n")
     nats, etcd = plan.process("nats"), plan.process("etcd")
-    assert nats.argv == ("nats-server", "-js", "-sd", "/srv/dl/nats", "-m", "8222", "-a", "10.0.0.1", "-p", "4222")
+    assert nats.argv[nats.argv.index("nats-server"):] == ("nats-server", "-c", "/srv/dl/nats.conf", "-js", "-sd",
+                                                          "/srv/dl/nats", "-m", "8222", "-a", "10.0.0.1", "-p", "4222")
     assert nats.readiness.url == nats.liveness.url == "http://10.0.0.1:8222/healthz?js-enabled-only=true"
     assert etcd.argv[etcd.argv.index("--data-dir") + 1] == "/srv/dl/etcd"
     assert etcd.argv[etcd.argv.index("--advertise-client-urls") + 1] == "http://10.0.0.1:2379"
@@ -212,7 +214,32 @@ def test_nats_and_etcd_on_the_head_by_default() -> None:
     assert [p.name for p in plan.processes][:2] == ["nats", "etcd"]  # started first
     front = {e.name: e.value for e in plan.process("frontend").env}
     assert (front["NATS_SERVER"], front["ETCD_ENDPOINTS"]) == ("nats://10.0.0.1:4222", "http://10.0.0.1:2379")
-    assert "NATS_AUTH_TOKEN" not in front
+    # secure by default: generated credentials, by reference (the daemon makes them at `up`)
+    assert front["NATS_AUTH_TOKEN"] == SecretRef("generated", "/srv/dl/credentials/nats-token")
+    assert front["ETCD_AUTH_USERNAME"] == "dynamo"
+    assert front["ETCD_AUTH_PASSWORD"] == SecretRef("generated", "/srv/dl/credentials/etcd-dynamo-password")
+
+
+def test_the_launchers_etcd_has_auth_set_up_before_it_listens_and_no_secret_on_its_command_line() -> None:
+    import json
+
+    from dynamo_launch.plan.infra import ETCD_AUTH_BOOT, ETCD_DYNAMO_ROLE
+    from dynamo_launch.plan.render import to_text
+
+    plan = _plan("[frontend]\n")
+    etcd = plan.process("etcd")
+    assert etcd.argv[:4] == ("python3", "-c", ETCD_AUTH_BOOT, json.dumps(ETCD_DYNAMO_ROLE, separators=(",", ":")))
+    assert etcd.argv[4] == "etcd"
+    env = {e.name: e.value for e in etcd.env}
+    assert env["DL_ETCD_ROOT_PASSWORD"] == SecretRef("generated", "/srv/dl/credentials/etcd-root-password")
+    assert env["DL_ETCD_USER_PASSWORD"] == SecretRef("generated", "/srv/dl/credentials/etcd-dynamo-password")
+    assert 'DL_ETCD_ROOT_PASSWORD="$(cat /srv/dl/credentials/etcd-root-password)"' in to_text(plan)
+
+
+def test_external_nats_and_etcd_keep_the_operators_settings() -> None:
+    plan = _plan('[nats]\nexternal = "nats://n:4222"\n[etcd]\nexternal = "http://e:2379"\n[frontend]\n')
+    front = {e.name for e in plan.process("frontend").env}
+    assert not front & {"NATS_AUTH_TOKEN", "ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"}
 
 
 def test_nats_bind_elsewhere_when_asked_and_still_reached_at_the_head() -> None:
