@@ -103,6 +103,15 @@ def proc_stat(pid):
         return None
 
 
+def owned_by_us(pid):
+    """True when process ``pid`` runs as our user: the agent signals nothing else (a planted
+    record or a forged scan result never makes it kill another user's process)."""
+    try:
+        return os.stat("/proc/%d" % pid).st_uid == os.geteuid()
+    except (OSError, TypeError):
+        return False
+
+
 def is_running(pid, start_time):
     """True when ``pid`` exists, is not a zombie and started at ``start_time`` (no pid reuse)."""
     st = proc_stat(pid) if isinstance(pid, int) and pid > 0 else None
@@ -182,7 +191,11 @@ def check_ancestors(path, euid=None):
     euid = os.geteuid() if euid is None else euid
     parent = os.path.dirname(path)
     while True:
-        st = os.stat(parent)  # a symlinked ancestor (/var/run -> /run) is the directory it names
+        try:
+            st = os.stat(parent)  # a symlinked ancestor (/var/run -> /run) is the directory it names
+        except FileNotFoundError:  # made by private_dir, as ours
+            parent = os.path.dirname(parent)
+            continue
         if st.st_uid not in (0, euid):
             raise Unsafe("%s is owned by %s: that user could replace %s" % (parent, owner_name(st.st_uid), path))
         if st.st_mode & 0o022 and not st.st_mode & 0o1000:
@@ -200,6 +213,7 @@ def private_dir(path, mode=0o700, what="directory"):
     OSError's message included when it cannot be made (no permission, read-only file system)."""
     path = os.path.abspath(path)
     made = False
+    check_ancestors(path)  # before anything is made under them
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -221,7 +235,6 @@ def private_dir(path, mode=0o700, what="directory"):
         why = "is not a directory"
     if why is not None:
         raise Unsafe("%s %s %s: refusing to use it" % (what, path, why))
-    check_ancestors(path)
     if not os.access(path, os.W_OK | os.X_OK):
         raise Unsafe("%s %s is not writable by %s" % (what, path, owner_name(os.geteuid())))
     return made
@@ -1331,7 +1344,7 @@ class Agent:
         ours = rec is not None and (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
         members = tree_of(rec) if ours else {}
         sent, group = [], None
-        stat = proc_stat(pid) if pid > 0 else None
+        stat = proc_stat(pid) if pid > 0 and owned_by_us(pid) else None
         if stat is not None and stat[1] == start_time:  # else gone, or the pid is someone else's now
             self.watcher.signalled.add((pid, start_time))
             if kill_group(pid, sig):
@@ -1533,12 +1546,12 @@ def scan(launch_id):
     (another user's process that sets it is none of ours: never reported, so never signalled)."""
     if not launch_id:
         raise Refused("bad-request", "empty launch_id")
-    needle, found, euid = b"DYNAMO_LAUNCH_ID=" + launch_id.encode(), [], os.geteuid()
+    needle, found = b"DYNAMO_LAUNCH_ID=" + launch_id.encode(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            if os.stat("/proc/" + entry).st_uid != euid:
+            if not owned_by_us(int(entry)):
                 continue
             with open("/proc/%s/environ" % entry, "rb") as f:
                 variables = f.read().split(b"\0")

@@ -49,6 +49,8 @@ try:
            if st.st_uid != os.geteuid() else "is writable by group or others (mode %04o; chmod go-w)"
            % stat.S_IMODE(st.st_mode) if st.st_mode & 0o022 else None)
     bad = bad and bad + ": refusing to use it"
+    if not bad and not os.access(d, os.W_OK | os.X_OK):  # (a read-only file system, for root too)
+        bad = "is not writable here"
 except OSError as e:
     bad = "cannot be created: %s" % (e.strerror or e)
 if bad:
