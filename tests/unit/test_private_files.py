@@ -210,3 +210,23 @@ def test_preflight_shows_the_state_dir_of_every_reachable_host():
     assert [(c.host, c.name, c.status) for c in out] == [
         ("h1", "reach", "ok"), ("h1", "state_dir", "ok"), ("h1", "ports", "ok"),
         ("h2", "reach", "ok"), ("h2", "state_dir", "fail"), ("h3", "reach", "fail")]
+
+
+@as_root
+def test_a_control_socket_directory_made_first_by_another_user_is_refused(tmp_path, monkeypatch):
+    from dynamo_launch import control
+
+    theirs = tmp_path / "dynamo-launch-0"
+    (theirs / "dynamo-launch").mkdir(mode=0o700, parents=True)
+    for d in (theirs, theirs / "dynamo-launch"):
+        os.chown(d, NOBODY, NOBODY)
+    monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(theirs / "dynamo-launch"))
+    with pytest.raises(UnsafePath, match="owned by uid 65534"):
+        control.find_socket()  # `status` never talks to a socket the other user could answer on
+
+    async def start():
+        await control.ControlServer(control.socket_path("c"), lambda req: None).start()
+
+    with pytest.raises(UnsafePath, match="owned by uid 65534"):
+        run(start())
+    assert os.listdir(theirs / "dynamo-launch") == []
