@@ -22,6 +22,13 @@ NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 
 
+def _theirs(path, mode: int = 0o700):
+    """A directory ``path`` made by the other user (uid 65534)."""
+    path.mkdir(mode=mode, parents=True)
+    os.chown(path, NOBODY, NOBODY)
+    return path
+
+
 def _mode(path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
@@ -38,9 +45,7 @@ def test_a_missing_directory_is_made_private_whatever_the_umask(tmp_path):
 
 @as_root
 def test_a_directory_made_first_by_another_user_is_refused(tmp_path):
-    d = tmp_path / "state"
-    d.mkdir(mode=0o700)
-    os.chown(d, NOBODY, NOBODY)
+    d = _theirs(tmp_path / "state")
     with pytest.raises(Unsafe, match=r"state_dir .*/state is owned by uid 65534.*another user created it\?.*refusing"):
         private_dir(str(d), 0o700, "state_dir")
 
@@ -61,9 +66,7 @@ def test_a_symlinked_or_group_writable_directory_is_refused(tmp_path):
 
 @as_root
 def test_a_directory_under_one_another_user_controls_is_refused(tmp_path):
-    theirs = tmp_path / "theirs"
-    theirs.mkdir(mode=0o755)
-    os.chown(theirs, NOBODY, NOBODY)
+    theirs = _theirs(tmp_path / "theirs", 0o755)
     with pytest.raises(Unsafe, match=r"theirs is owned by uid 65534.*could replace"):
         private_dir(str(theirs / "state"))
     shared = tmp_path / "shared"
@@ -177,9 +180,7 @@ def test_a_planted_record_of_a_live_process_is_listed_untrusted_and_never_signal
 
 @as_root
 def test_the_agent_refuses_a_state_dir_made_by_another_user_and_runs_nothing_from_it(tmp_path, launch_id):
-    state = tmp_path / "state"
-    state.mkdir(mode=0o755)
-    os.chown(state, NOBODY, NOBODY)
+    state = _theirs(tmp_path / "state", 0o755)
 
     async def go():
         with pytest.raises(UnsafePath, match=r"state_dir .*/state is owned by uid 65534, not uid 0.*refusing"):
@@ -216,10 +217,8 @@ def test_preflight_shows_the_state_dir_of_every_reachable_host():
 def test_a_control_socket_directory_made_first_by_another_user_is_refused(tmp_path, monkeypatch):
     from dynamo_launch import control
 
-    theirs = tmp_path / "dynamo-launch-0"
-    (theirs / "dynamo-launch").mkdir(mode=0o700, parents=True)
-    for d in (theirs, theirs / "dynamo-launch"):
-        os.chown(d, NOBODY, NOBODY)
+    theirs = _theirs(tmp_path / "dynamo-launch-0")
+    _theirs(theirs / "dynamo-launch")
     monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(theirs / "dynamo-launch"))
     with pytest.raises(UnsafePath, match="owned by uid 65534"):
         control.find_socket()  # `status` never talks to a socket the other user could answer on
