@@ -105,6 +105,15 @@ def proc_stat(pid):
         return None
 
 
+def owned_by_us(pid):
+    """True when process ``pid`` runs as our user: the agent signals nothing else (a planted
+    record or a forged scan result never makes it kill another user's process)."""
+    try:
+        return os.stat("/proc/%d" % pid).st_uid == os.geteuid()
+    except (OSError, TypeError):
+        return False
+
+
 def is_running(pid, start_time):
     """True when ``pid`` exists, is not a zombie and started at ``start_time`` (no pid reuse)."""
     st = proc_stat(pid) if isinstance(pid, int) and pid > 0 else None
@@ -117,9 +126,14 @@ def record_alive(rec):
 
 
 def write_json_atomic(path, obj):
-    """Replace ``path`` with ``obj`` so that a crash leaves the old or the new file, never half."""
+    """Replace ``path`` with ``obj`` so that a crash leaves the old or the new file, never half.
+
+    The temp file is created exclusively and never through a symlink (mode 0600 from the start).
+    """
     tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a crashed writer that had our pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         data = json.dumps(obj, sort_keys=True).encode()
         while data:
@@ -140,33 +154,136 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def read_json(path):
-    """The JSON value in ``path``; None when the file does not exist."""
+# ---- files the launcher trusts -----------------------------------------------------------------
+# Other local users may create files and directories before the launcher does (in /tmp, say) and
+# plant symlinks: whatever the launcher reuses must be its own and writable by nobody else, and
+# nothing is opened through a symlink. The head's daemon uses these functions too.
+class Unsafe(Exception):
+    """A path the launcher refuses to use; the message names it and why, in one line."""
+
+
+def owner_name(uid):
+    """``uid 1001`` (with the user's name where it has one), for messages."""
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        return None
+        import pwd
+        return "uid %d (%s)" % (uid, pwd.getpwuid(uid).pw_name)
+    except (ImportError, KeyError):
+        return "uid %d" % uid
 
 
-def ensure_dir(path, mode):
-    """Create ``path`` (and its parents) when missing, owned by us with ``mode``; True if it was made.
+def unsafe_reason(st, euid=None):
+    """Why a directory or file with ``lstat`` result ``st`` may not be trusted by ``euid``, or None."""
+    import stat as S
+    euid = os.geteuid() if euid is None else euid
+    if S.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if st.st_uid != euid:
+        return "is owned by %s, not %s (another user created it?)" % (owner_name(st.st_uid), owner_name(euid))
+    if st.st_mode & 0o022:
+        return "is writable by %s (mode %04o; chmod go-w)" % (
+            "group and others" if st.st_mode & 0o022 == 0o022 else "group" if st.st_mode & 0o020 else "others",
+            S.S_IMODE(st.st_mode))
+    return None
 
-    The agent needs ``run/`` and the log directory on every spawn: someone may have deleted them
-    while the agent ran (a cleanup of the state directory), and they must come back without a
-    restart. A directory that exists is left as it is, except that group/other write permission is
-    taken away when it is ours (nobody else may plant records or logs).
-    """
+
+def check_ancestors(path, euid=None):
+    """Raise :class:`Unsafe` when a directory above ``path`` lets another user replace what is in it:
+    owned by someone other than root and us, or writable by others without the sticky bit (/tmp
+    is fine: sticky, so nobody can rename or remove what we made there)."""
+    euid = os.geteuid() if euid is None else euid
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            st = os.stat(parent)  # a symlinked ancestor (/var/run -> /run) is the directory it names
+        except FileNotFoundError:  # made by private_dir, as ours
+            parent = os.path.dirname(parent)
+            continue
+        if st.st_uid not in (0, euid):
+            raise Unsafe("%s is owned by %s: that user could replace %s" % (parent, owner_name(st.st_uid), path))
+        if st.st_mode & 0o022 and not st.st_mode & 0o1000:
+            raise Unsafe("%s is writable by other users (mode %04o, no sticky bit): they could replace %s"
+                         % (parent, st.st_mode & 0o7777, path))
+        if parent == os.path.dirname(parent):
+            return
+        parent = os.path.dirname(parent)
+
+
+def private_dir(path, mode=0o700, what="directory"):
+    """Make ``path`` (and missing parents, with ``mode``) or reuse it: it must then be a real
+    directory, ours, not writable by group or others, under ancestors nobody else controls.
+    True when it was created. Raises :class:`Unsafe` (a located one-line message) otherwise,
+    OSError's message included when it cannot be made (no permission, read-only file system)."""
+    path = os.path.abspath(path)
+    made = False
+    check_ancestors(path)  # before anything is made under them
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
-        os.makedirs(path, mode=mode, exist_ok=True)
-        os.chmod(path, mode)  # makedirs' mode is filtered by the umask
-        return True
-    if st.st_uid == os.getuid() and st.st_mode & 0o022:
-        with suppress(OSError):
-            os.chmod(path, st.st_mode & 0o7755)
-    return False
+        try:
+            os.makedirs(os.path.dirname(path), mode=mode, exist_ok=True)
+            os.mkdir(path, mode)
+            made = True
+        except FileExistsError:
+            pass  # someone made it meanwhile: judged below like any other
+        except OSError as e:
+            raise Unsafe("%s %s cannot be created: %s" % (what, path, e.strerror or e)) from None
+        st = os.lstat(path)
+        if made:
+            os.chmod(path, mode)  # mkdir's mode went through the umask
+            st = os.lstat(path)
+    import stat as S
+    why = unsafe_reason(st)
+    if why is None and not S.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    if why is not None:
+        raise Unsafe("%s %s %s: refusing to use it" % (what, path, why))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise Unsafe("%s %s is not writable by %s" % (what, path, owner_name(os.geteuid())))
+    return made
+
+
+def open_private(path, flags, mode=0o600, what="file"):
+    """``os.open`` that never follows a symlink and accepts only a file of ours that nobody else
+    can write; a file it creates gets ``mode``. Returns the fd; raises :class:`Unsafe`."""
+    import stat as S
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: the last component is a symlink
+            raise Unsafe("%s %s is a symlink: refusing to open it" % (what, path)) from None
+        raise
+    st = os.fstat(fd)
+    why = unsafe_reason(st)
+    if why is None and not S.S_ISREG(st.st_mode):
+        why = "is not a regular file"
+    if why is not None:
+        os.close(fd)
+        raise Unsafe("%s %s %s: refusing to use it" % (what, path, why))
+    return fd
+
+
+def read_record(path):
+    """A process record (``run/NAME.json``) if it can be trusted: ``(record, None)``, ``(None, None)``
+    when there is none, ``(None, why)`` when there is one we did not write (not ours, not 0600, a
+    symlink, not a JSON object). Such a file is never acted on: its pid is not signalled."""
+    try:
+        fd = open_private(path, os.O_RDONLY, what="record")
+    except FileNotFoundError:
+        return None, None
+    except Unsafe as e:
+        return None, str(e)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            return None, "record %s has mode %04o, not 0600: ignored" % (path, os.fstat(fd).st_mode & 0o7777)
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            rec = json.loads(f.read().decode("utf-8"))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if not isinstance(rec, dict):
+        return None, "record %s is not a JSON object: ignored" % path
+    return rec, None
 
 
 # ---- containment: the whole tree of a process, not just its group ------------------------------
@@ -449,12 +566,16 @@ class LogWriter:
 
     def __init__(self, path, max_bytes, backups):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        private_dir(os.path.dirname(path), 0o750, "log directory")
         self._open(os.O_APPEND)
 
     def _open(self, flags):
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o644)
-        self.size, self.mid_line = os.fstat(self.fd).st_size, False
+        # 0640 in a 0750 directory: a process that prints its token leaks it to no other user.
+        self.fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | flags, 0o640, "log")
+        st = os.fstat(self.fd)
+        if st.st_mode & 0o037:  # a log of an older version (0644): not readable by others any more
+            os.fchmod(self.fd, 0o640)
+        self.size, self.mid_line = st.st_size, False
 
     def write(self, data):
         """Append ``data``; rotate first when it would take the file past ``max_bytes``."""
@@ -668,6 +789,8 @@ def run_shim(spec, answer):
     name, argv, run_file = spec["name"], spec["argv"], spec["run_file"]
     try:
         log = PlainText(LogWriter(spec["log_file"], spec["log_max_bytes"], spec["log_backups"]))
+    except Unsafe as e:
+        return answer({"ok": False, "error": str(e)})
     except OSError as e:
         return answer({"ok": False, "error": "cannot open log %s: %s" % (spec["log_file"], e.strerror)})
     log.start("----- dynamo-launch: %s generation %s starting at %s (launch %s) -----" % (
@@ -738,7 +861,7 @@ def run_shim(spec, answer):
     if record.get("cgroup") and not left:
         remove_cgroup(record["cgroup"], reaping=True)
     try:
-        current = read_json(run_file)
+        current, _ = read_record(run_file)
         if current and current.get("pid") == pid and current.get("start_time") == record["start_time"]:
             write_json_atomic(run_file, record)  # not if the name was forgotten and reused meanwhile
     except (OSError, ValueError):
@@ -957,7 +1080,7 @@ class Watcher:
             self.entries.pop(e["key"], None)
         name, pid, start_time = e["key"]
         try:
-            rec = read_json(self.agent.run_file(name)) or {}
+            rec = read_record(self.agent.run_file(name))[0] or {}
         except (OSError, ValueError):
             rec = {}
         ours = (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
@@ -1015,7 +1138,13 @@ class Agent:
         self.forks = forks  # a ForkServer made before any thread, or None
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, "run")
-        ensure_dir(self.run_dir, 0o700)
+        # Refused (say why to every request) rather than serve from a directory another user controls.
+        self.unsafe = None
+        try:
+            private_dir(self.state_dir, 0o700, "state_dir")
+            private_dir(self.run_dir, 0o700, "run directory")
+        except Unsafe as e:
+            self.unsafe = str(e)
         self.cgroup, self.cgroup_note = cgroup_base()  # None: subreaper containment only
         if self.cgroup is None:
             note("no cgroup per process (%s): containment by subreaper shims" % self.cgroup_note)
@@ -1058,6 +1187,8 @@ class Agent:
             handler = getattr(self, "op_" + op, None) if isinstance(op, str) and op.isidentifier() else None
             if handler is None:
                 raise Refused("bad-request", "unknown op %r" % (op,))
+            if self.unsafe is not None:
+                raise Refused("unsafe", self.unsafe)
             result = handler(req)
             then = None
             if isinstance(result, After):
@@ -1066,6 +1197,8 @@ class Agent:
             return then and then()
         except Refused as e:
             kind, error = e.kind, str(e)
+        except Unsafe as e:
+            kind, error = "unsafe", str(e)
         except Exception as e:
             note("internal error: %s: %s" % (type(e).__name__, one_line(e)))
             kind, error = "internal", "%s: %s" % (type(e).__name__, e)
@@ -1078,7 +1211,7 @@ class Agent:
             lock = self.name_locks.setdefault(name, threading.Lock())
         with lock:
             self.ensure_run_dir()
-            fd = os.open(os.path.join(self.run_dir, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_private(os.path.join(self.run_dir, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600, "lock file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -1090,16 +1223,20 @@ class Agent:
 
     def ensure_run_dir(self):
         """Recreate ``run/`` if it was deleted under us; True when it had to."""
-        if ensure_dir(self.run_dir, 0o700):
+        if private_dir(self.run_dir, 0o700, "run directory"):
             note("recreated %s (it had been removed)" % self.run_dir)
             return True
         return False
 
     def record(self, name):
+        """The trusted record of ``name`` or None; one we did not write is noted and taken as none."""
         try:
-            return read_json(self.run_file(name))
+            rec, why = read_record(self.run_file(name))
         except (OSError, ValueError) as e:
             raise Refused("internal", "record of %s unreadable: %s" % (name, e))
+        if why is not None:
+            note(why)
+        return rec
 
     def replaceable(self, name, verb):
         """Check that the record of ``name`` may go: refuse while its process runs."""
@@ -1149,12 +1286,16 @@ class Agent:
             raise Refused("bad-request", "need 0 <= leftover_grace <= 3600")
         created = [self.run_dir] if self.ensure_run_dir() else []
         try:  # the log's directory too (deleted with the state directory's contents, say)
-            if ensure_dir(os.path.dirname(spec["log_file"]), 0o750):
+            if private_dir(os.path.dirname(spec["log_file"]), 0o750, "log directory"):
                 created.append(os.path.dirname(spec["log_file"]))
                 note("recreated %s (it had been removed)" % os.path.dirname(spec["log_file"]))
-        except OSError as e:
-            raise Refused("spawn-failed", "%s: cannot create %s: %s" % (name, os.path.dirname(spec["log_file"]),
-                                                                        e.strerror))
+            # The default working directory (the plan's work_dir) is made private like the rest:
+            # `python -m` puts it first on sys.path.
+            if spec["cwd"] == os.path.join(self.state_dir, "work") and private_dir(spec["cwd"], 0o700,
+                                                                                   "working directory"):
+                created.append(spec["cwd"])
+        except Unsafe as e:
+            raise Refused("spawn-failed", "%s: %s" % (name, e))
         with self.name_lock(name):
             self.replaceable(name, "exists")
             msg = self.start_shim(spec)
@@ -1205,7 +1346,15 @@ class Agent:
         for fn in names:
             if fn.endswith(".json"):  # not the temp files of an atomic write
                 try:
-                    rec = read_json(os.path.join(self.run_dir, fn))
+                    rec, why = read_record(os.path.join(self.run_dir, fn))
+                    if rec is None:  # not ours (or gone meanwhile): reported, never acted on
+                        if why is not None:
+                            records.append({"name": fn[:-5], "alive": False, "untrusted": why})
+                        continue
+                    if rec.get("name") != fn[:-5]:
+                        records.append({"name": fn[:-5], "alive": False,
+                                        "untrusted": "record %s names %r: ignored" % (fn, rec.get("name"))})
+                        continue
                     rec["alive"] = record_alive(rec)
                     ended = rec.get("exit")
                     if rec["alive"] or ended is None or ended.get("left"):  # else its shim saw it empty
@@ -1239,7 +1388,7 @@ class Agent:
         ours = rec is not None and (rec.get("pid"), rec.get("start_time")) == (pid, start_time)
         members = tree_of(rec) if ours else {}
         sent, group = [], None
-        stat = proc_stat(pid) if pid > 0 else None
+        stat = proc_stat(pid) if pid > 0 and owned_by_us(pid) else None
         if stat is not None and stat[1] == start_time:  # else gone, or the pid is someone else's now
             self.watcher.signalled.add((pid, start_time))
             if kill_group(pid, sig):
@@ -1442,7 +1591,8 @@ def kill_group(pid, sig):
 
 
 def scan(launch_id):
-    """Every live process whose environment carries ``DYNAMO_LAUNCH_ID=launch_id``."""
+    """Every live process of our user whose environment carries ``DYNAMO_LAUNCH_ID=launch_id``
+    (another user's process that sets it is none of ours: never reported, so never signalled)."""
     if not launch_id:
         raise Refused("bad-request", "empty launch_id")
     needle, found = b"DYNAMO_LAUNCH_ID=" + launch_id.encode(), []
@@ -1450,6 +1600,8 @@ def scan(launch_id):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
+            if not owned_by_us(int(entry)):
+                continue
             with open("/proc/%s/environ" % entry, "rb") as f:
                 variables = f.read().split(b"\0")
         except OSError:

@@ -16,7 +16,8 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ControlError, DynamoLaunchError, NoDaemon
+from .agent import Unsafe, private_dir
+from .errors import ControlError, DynamoLaunchError, NoDaemon, UnsafePath
 
 if TYPE_CHECKING:  # asyncio only for the daemon's server: the CLI's requests are plain blocking sockets
     import asyncio
@@ -37,6 +38,16 @@ def runtime_dir() -> str:
     return os.path.join(base, "dynamo-launch")
 
 
+def private_socket_dir(path: str) -> None:
+    """Make or check the directory of control sockets ``path``: ours, 0700 when made, not
+    writable by others, nobody else's above it (the ``/tmp/dynamo-launch-UID`` fallback could have
+    been made first by another user, who would then answer ``status``). Raises :class:`UnsafePath`."""
+    try:
+        private_dir(path, 0o700, "control socket directory")
+    except Unsafe as e:
+        raise UnsafePath(str(e)) from None
+
+
 def socket_path(cluster: str) -> str:
     """Where the daemon of ``cluster`` listens."""
     return os.path.join(runtime_dir(), f"{cluster}.sock")
@@ -47,6 +58,8 @@ def find_socket(cluster: str | None = None) -> str:
 
     A socket nobody answers on (its daemon died) does not count: when it is ours it is removed
     on the way (:func:`remove_stale`)."""
+    if os.path.lexists(runtime_dir()):
+        private_socket_dir(runtime_dir())
     if cluster:
         path = socket_path(cluster)
         if not os.path.exists(path):
@@ -127,7 +140,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Bind (replacing a stale socket) and start serving."""
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        private_socket_dir(os.path.dirname(self.path))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         import asyncio

@@ -16,6 +16,9 @@
     │   ├── CommandTimeout            a command outlived its timeout (and was killed)
     │   └── ChannelClosed             a channel or the connection under it went away
     ├── AgentError                    the node agent answered ``ok: false`` (has ``kind``)
+    ├── UnsafePath                    a state directory or file the launcher would use is
+    │                                 another user's, a symlink, writable by others, or
+    │                                 cannot be made (names the host and the path)
     ├── SecretError                   a secret reference cannot be resolved
     ├── IllegalTransition             a state machine refused an event (unchanged)
     ├── MirrorError                   etcd could not be used (one line, names the endpoints)
@@ -62,6 +65,7 @@ __all__ = [
     "SecretError",
     "StateUnwritable",
     "TransportError",
+    "UnsafePath",
 ]
 
 
@@ -165,6 +169,16 @@ class AgentError(DynamoLaunchError):
     def __init__(self, kind: str, message: str, *, op: str = "", host: str = ""):
         self.kind = kind
         self.op = op
+        self.host = host
+        super().__init__(message)
+
+
+class UnsafePath(DynamoLaunchError):
+    """A directory or file the launcher would create or reuse cannot be trusted or made: owned by
+    another user, a symlink, writable by group or others, or not creatable there. ``host`` names
+    the host ("" for the head's daemon itself); the message is one line and names the path."""
+
+    def __init__(self, message: str, *, host: str = ""):
         self.host = host
         super().__init__(message)
 

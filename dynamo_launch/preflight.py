@@ -28,7 +28,7 @@ from .plan.spec import Env, Plan
 from .preflight_multinode import engine_checks, network_checks
 from .transport.base import Transport
 
-__all__ = ["Check", "FACTS", "head_probes", "judge", "nats_auth_problems", "run_preflight"]
+__all__ = ["Check", "FACTS", "head_probes", "judge", "nats_auth_problems", "run_preflight", "state_dir_checks"]
 
 PACKAGES = ("ai-dynamo", "ai-dynamo-runtime", "vllm", "sglang", "tensorrt-llm", "ray")
 
@@ -206,6 +206,22 @@ def judge(inv: Inventory, plan: Plan, facts: dict[str, dict | str], *, adopting:
             checks += _endpoint_checks(inv, plan, host.name, fact.get("endpoints"))
     checks += _skew(facts)
     return checks
+
+
+def state_dir_checks(checks: list[Check], state_dir: str, checked: set[str], refused: Mapping[str, str]) -> list[Check]:
+    """``checks`` with a ``state_dir`` check after each reachable host's ``reach``: fail for the
+    hosts in ``refused`` (the agent's one-line reason), ok for those in ``checked`` (their agent
+    made or verified it: ours, not writable by others)."""
+    out = []
+    for c in checks:
+        out.append(c)
+        if c.name != "reach" or c.status != "ok":
+            continue
+        if c.host in refused:
+            out.append(Check(c.host, "state_dir", "fail", refused[c.host]))
+        elif c.host in checked:
+            out.append(Check(c.host, "state_dir", "ok", f"{state_dir}: ours, not writable by others"))
+    return out
 
 
 def head_probes(inv: Inventory, plan: Plan) -> dict[str, Any]:
@@ -392,11 +408,14 @@ async def _facts_by_agent(agent: AgentLike, python: str, timeout: float, extra: 
 
 async def run_preflight(inv: Inventory, plan: Plan, transports: Mapping[str, Transport], *, timeout: float = 60.0,
                         adopting: Iterable[str] = (), agents: Mapping[str, AgentLike] | None = None,
-                        unreachable: Mapping[str, str] | None = None) -> list[Check]:  # fmt: skip
+                        unreachable: Mapping[str, str] | None = None,
+                        refused: Mapping[str, str] | None = None) -> list[Check]:  # fmt: skip
     """Ask every host in parallel (the head also about binaries and endpoints), then judge;
     secrets are checked on the head. A host with a running agent in ``agents`` is asked
     through it (no further SSH channel, no login shell), any other over its transport; a host
-    in ``unreachable`` (its connection already failed, with that message) is not asked again."""
+    in ``unreachable`` (its connection already failed, with that message) is not asked again.
+    ``refused``: hosts whose agent refused (or could not make) the state directory, with why:
+    their ``state_dir`` check fails; a host whose agent runs has it checked and private."""
     pythons = {h.name: h.python for h in plan.hosts}
     extra = head_probes(inv, plan)
     agents, unreachable = agents or {}, unreachable or {}
@@ -413,7 +432,8 @@ async def run_preflight(inv: Inventory, plan: Plan, transports: Mapping[str, Tra
         return _facts(transports[h], pythons[h], timeout, more)
 
     results = await asyncio.gather(*(ask(h) for h in pythons))
-    checks = judge(inv, plan, dict(zip(pythons, results)), adopting=adopting)
+    checks = state_dir_checks(judge(inv, plan, dict(zip(pythons, results)), adopting=adopting), plan.state_dir,
+                              set(agents), refused or {})
     for problem in secrets.check([(p.name, p.env) for p in plan.processes]):
         checks.append(Check(plan.head, "secrets", "fail", problem))
     for problem in nats_auth_problems(inv):

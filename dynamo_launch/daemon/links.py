@@ -60,6 +60,7 @@ class HostLink:
         self._heartbeat: asyncio.Task | None = None
         self._reconnect: asyncio.Task | None = None
         self._closing = False
+        self._untrusted: set[str] = set()  # reasons already warned about
         self._log = log.bind(host=host.name)
 
     async def open(self, timeout: float = 60.0) -> None:
@@ -110,8 +111,21 @@ class HostLink:
             await self.transport.abort()
 
     async def records(self) -> list[dict[str, Any]]:
-        """The agent's process records (``list``), each with ``alive``."""
-        return list(await self.call("list", timeout=30.0))
+        """The agent's process records (``list``), each with ``alive``.
+
+        A file in ``run/`` that the agent does not trust (not ours, not 0600, a symlink, another
+        name inside) is left out, with a warning (once per file and reason): its pid is never
+        adopted, stopped or killed."""
+        records = []
+        for r in await self.call("list", timeout=30.0):
+            if isinstance(r, dict) and not r.get("untrusted"):
+                records.append(r)
+                continue
+            why = str(r.get("untrusted")) if isinstance(r, dict) else f"not a record: {r!r:.100}"
+            if why not in self._untrusted:
+                self._untrusted.add(why)
+                self._log.warning("ignoring a process record the launcher did not write", reason=why)
+        return records
 
     async def close(self) -> None:
         """Stop the agent and the connection; the processes on the host keep running."""

@@ -28,6 +28,7 @@ import structlog
 
 from .. import credentials, secrets
 from ..addresses import split_hostport
+from ..agent import Unsafe, open_private, private_dir
 from ..control import ControlServer, socket_path
 from ..errors import (
     AlreadyRunning,
@@ -38,6 +39,7 @@ from ..errors import (
     PreflightFailed,
     SecretError,
     StateUnwritable,
+    UnsafePath,
 )
 from ..eventbus import EventBus
 from ..load import load_plan
@@ -124,12 +126,12 @@ class Daemon:
                       start: bool = True) -> Adoption:
         """Lock, (preflight,) connect every host, adopt what runs; ``start`` the rest."""
         self._take_lock()
-        created = credentials.ensure(self.inv)  # before anything uses them: NATS, etcd, the mirror, the bus
-        if created:
-            self._log.info("generated NATS/etcd credentials", files=created)
         saved = self._load_state()
         if start:  # stopping (`down`) must work on a full disk; starting what could not be recorded must not
             self._probe_state(saved)
+        created = credentials.ensure(self.inv)  # before anything uses them: NATS, etcd, the mirror, the bus
+        if created:
+            self._log.info("generated NATS/etcd credentials", files=created)
         # Before preflight: when another daemon supervises this cluster, say that — not that
         # its ports are busy.
         await self._lead(wait=bool(saved))
@@ -144,8 +146,11 @@ class Daemon:
             no_agent = await self._open_links([h for h in self.plan.hosts if h.name not in unreachable], strict=False)
             self._log.info("agents up", hosts=len(self.links))  # bring-up phases (benchmarks/bringup.py)
             self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
+            # A state directory an agent refused is that host's preflight FAIL line, not a traceback.
+            refused = {h.name: str(e) for h, e in no_agent if isinstance(e, UnsafePath)}
             checks = await run_preflight(self.inv, self.plan, self.transports, agents=self.links,
-                                         unreachable=unreachable, adopting=list((saved or {}).get("processes", {})))
+                                         unreachable=unreachable, adopting=list((saved or {}).get("processes", {})),
+                                         refused=refused)
             if unreachable and (saved or {}).get("processes") and not self.require_all_hosts \
                     and self.plan.head not in unreachable:
                 later = dict(unreachable)
@@ -157,7 +162,7 @@ class Daemon:
                 raise PreflightFailed(checks)
             self._log.info("preflight passed", hosts=len(self.plan.hosts))
             if no_agent:  # answered plain SSH after all: their agents now, or fail as before
-                await self._open_links(no_agent)
+                await self._open_links([h for h, _ in no_agent])
         else:
             await self._open_links()
             self._log.info("agents up", hosts=len(self.links))
@@ -220,9 +225,17 @@ class Daemon:
         self._notify("", Notify("leader-conflict", str(e)))
 
     def _take_lock(self) -> None:
-        os.makedirs(self.plan.state_dir, mode=0o700, exist_ok=True)
+        """Make (or check) the state directory and lock it. Both must be ours alone: a state
+        directory another user made first, or a lock file planted as a symlink, is refused before
+        anything is read, written or started."""
         path = os.path.join(self.plan.state_dir, "daemon.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            private_dir(self.plan.state_dir, 0o700, "state_dir")
+            fd = open_private(path, os.O_RDWR | os.O_CREAT, 0o600, "lock file")
+        except Unsafe as e:
+            raise UnsafePath(f"{self.plan.head}: {e}") from None
+        except OSError as e:
+            raise UnsafePath(f"{self.plan.head}: lock file {path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -254,7 +267,7 @@ class Daemon:
 
     async def _open_links(self, hosts: list | None = None, *, strict: bool = True) -> list:
         """Connect to ``hosts`` (all) in parallel and start their agents. A failure raises, or
-        with ``strict=False`` drops that host's link: the hosts that failed are returned."""
+        with ``strict=False`` drops that host's link: ``(host, error)`` of those that failed is returned."""
         hosts = list(self.plan.hosts) if hosts is None else hosts
         for h in hosts:
             self.links[h.name] = self._link(h)
@@ -266,7 +279,7 @@ class Daemon:
             if strict:
                 raise r if isinstance(r, DynamoLaunchError) else DynamoLaunchError(str(r))
             await self.links.pop(h.name).close()
-            failed.append(h)
+            failed.append((h, r))
         return failed
 
     def _link(self, host: PlanHost) -> HostLink:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..model import EnvValue, Health, Host, Inventory, Restart
 from ..tomlpos import KeyPath, format_path
-from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec
+from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec, work_dir
 
 __all__ = ["Context"]
 
@@ -122,7 +122,7 @@ class Context:
             kind=kind,
             argv=tuple(argv),
             env=tuple(Env(k, v) for k, v in merged.items()),
-            cwd=cwd or self.inv.cluster.state_dir,
+            cwd=cwd or work_dir(self.inv.cluster.state_dir),
             log_file=self.log_file(name),
             readiness=readiness,
             liveness=liveness,

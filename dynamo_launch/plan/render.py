@@ -81,7 +81,7 @@ def to_text(plan: Plan) -> str:
             out.append("# nothing runs here (e.g. reached by the leader's mpirun)")
         for p in procs:
             out += ["", *_describe(p, order[p.name])]
-            if p.cwd != plan.state_dir:
+            if p.cwd != plan.work_dir:
                 out.append(f"cd {shlex.quote(p.cwd)}")
             out.append(command_text(p))
     return "\n".join(out) + "\n"

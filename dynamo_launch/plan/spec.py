@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import enum
 import functools
+import posixpath
 from dataclasses import dataclass, field
 
 from ..model import EnvValue, Health, Restart, SecretRef, SshSettings
 from ..tomlpos import KeyPath
 
-__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind"]
+__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind", "work_dir"]
+
+
+def work_dir(state_dir: str) -> str:
+    """The working directory of a process whose inventory names none: ``<state_dir>/work``, made
+    0700 by the node's agent. Not the state directory itself, nor anything another user could
+    write: ``python -m`` puts the working directory first on ``sys.path``."""
+    return posixpath.join(state_dir, "work")
 
 
 class ProbeKind(str, enum.Enum):
@@ -149,6 +157,11 @@ class Plan:
     hosts: tuple[PlanHost, ...]
     processes: tuple[ProcessSpec, ...]
     gangs: tuple[Gang, ...]
+
+    @property
+    def work_dir(self) -> str:
+        """The default working directory of processes (:func:`work_dir`)."""
+        return work_dir(self.state_dir)
 
     def process(self, name: str) -> ProcessSpec:
         """The process called ``name``."""

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Mapping
 
 import structlog
 
-from ..errors import AgentError, ChannelClosed, CommandTimeout, DynamoLaunchError, TransportError
+from ..errors import AgentError, ChannelClosed, CommandTimeout, DynamoLaunchError, TransportError, UnsafePath
 from .base import Channel, Transport
 
 __all__ = ["AgentClient", "agent_source"]
@@ -32,12 +32,34 @@ log = structlog.get_logger(__name__)
 # One channel and one interpreter per host instead of three (check, upload, start): on a host
 # every SSH exec channel costs a login shell (with whatever the user's rc files run), and at
 # bring-up that per-host cost, not the daemon, is what grows with N.
+# The state directory is checked before anything in it is read or run (``{"boot": "refused",
+# "error"}`` otherwise): made 0700 when missing, else it must be a real directory of ours that
+# nobody else can write; the agent file is opened without following a symlink and used only when
+# it is ours. The agent then checks the rest (the directories above, run/) with private_dir.
 _BOOT_PY = """\
-import hashlib, os, sys
+import hashlib, json, os, stat, sys
 path, digest = sys.argv[1], sys.argv[2]
+d = os.path.dirname(path) or "."
 try:
-    with open(path, "rb") as f:
-        have = hashlib.sha256(f.read()).hexdigest() == digest
+    if not os.path.lexists(d):
+        os.makedirs(d, 0o700)
+    st = os.lstat(d)
+    bad = ("is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a directory" if not stat.S_ISDIR(st.st_mode)
+           else "is owned by uid %d, not uid %d (another user created it?)" % (st.st_uid, os.geteuid())
+           if st.st_uid != os.geteuid() else "is writable by group or others (mode %04o; chmod go-w)"
+           % stat.S_IMODE(st.st_mode) if st.st_mode & 0o022 else None)
+    bad = bad and bad + ": refusing to use it"
+    if not bad and not os.access(d, os.W_OK | os.X_OK):  # (a read-only file system, for root too)
+        bad = "is not writable here"
+except OSError as e:
+    bad = "cannot be created: %s" % (e.strerror or e)
+if bad:
+    sys.stdout.write(json.dumps({"boot": "refused", "error": "state_dir %s %s" % (d, bad)}) + "\\n")
+    sys.exit(3)
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        have = os.fstat(f.fileno()).st_uid == os.geteuid() and hashlib.sha256(f.read()).hexdigest() == digest
 except OSError:
     have = False
 sys.stdout.write('{"boot": "%s"}\\n' % ("have" if have else "need"))
@@ -47,8 +69,6 @@ if not have:
     data = base64.b64decode(sys.stdin.buffer.readline())
     if hashlib.sha256(data).hexdigest() != digest:
         sys.exit("agent upload: checksum mismatch")
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,6 +139,11 @@ class AgentClient:
         self._reader = asyncio.create_task(self._read_loop(self._channel))
         try:
             self.info = await self.call("hello", timeout=timeout)
+        except AgentError as e:
+            await self.close()
+            if e.kind == "unsafe":  # the agent's own checks (the directories above, run/)
+                raise UnsafePath(str(e), host=self.transport.host) from None
+            raise
         except BaseException:
             await self.close()
             raise
@@ -138,10 +163,16 @@ class AgentClient:
             raise ChannelClosed(f"{self.transport.describe()}: agent did not start ({self.python}: exit status "
                                 f"{code})" + (f": {tail}" if tail else ""), host=self.transport.host)
         try:
-            need = json.loads(line).get("boot") == "need"
+            boot = json.loads(line)
+            need = boot.get("boot") == "need"
         except (ValueError, AttributeError):
             raise TransportError(f"{self.transport.describe()}: agent bootstrap said {line[:200]!r}",
                                  host=self.transport.host) from None
+        if boot.get("boot") == "refused":
+            with contextlib.suppress(TransportError):
+                await channel.close()
+            error = " ".join(str(boot.get("error") or "state_dir refused").split())
+            raise UnsafePath(f"{self.transport.describe()}: {error}", host=self.transport.host)
         if need:
             await channel.write_line(base64.b64encode(source).decode("ascii"))
 

@@ -594,7 +594,7 @@ def test_spawn_failures_are_reported(tmp_path, launch_id):
             (tmp_path / "a file").write_text("")
             with pytest.raises(AgentError) as ei:
                 await n.spawn("nolog", ["true"], log_file=str(tmp_path / "a file" / "nolog.log"))
-            assert ei.value.kind == "spawn-failed" and "cannot open log" in str(ei.value)
+            assert ei.value.kind == "spawn-failed" and "a file is not a directory: refusing" in str(ei.value)
             listed = {rec["name"]: rec["alive"] for rec in await n.call("list")}
             assert listed == {"missing": False, "nowhere": False}
             # no exit events for spawns that failed; the next event is the next real exit

@@ -56,6 +56,7 @@ def test_token_auth_with_the_planned_command(tmp_path: Path, binary: str, token:
         """), "t.toml")
     spec = build(inv).process("nats")
     env = {"PATH": f"{os.path.dirname(binary)}:/usr/bin:/bin", **secrets.resolve(spec.env, {"NATS_TOKEN": token})}
+    os.makedirs(spec.cwd, mode=0o700, exist_ok=True)  # as the agent makes it
     with open(tmp_path / "nats.log", "wb") as log:
         proc = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
