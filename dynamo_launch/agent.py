@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -1298,6 +1299,8 @@ class Agent:
             raise Refused("spawn-failed", "%s: %s" % (name, e))
         with self.name_lock(name):
             self.replaceable(name, "exists")
+            if "TMPDIR" not in spec["env"]:  # the operator's own TMPDIR wins
+                spec["env"]["TMPDIR"] = self.fresh_tmp(name)
             msg = self.start_shim(spec)
         if "pid" not in msg:
             raise Refused("spawn-failed", "%s: %s" % (name, msg.get("error")))
@@ -1305,6 +1308,21 @@ class Agent:
         result = {k: msg.get(k) for k in ("pid", "pgid", "start_time", "boot_id", "containment", "cgroup")}
         result["created"] = created
         return After(result, lambda: self.watcher.add(rec))
+
+    def fresh_tmp(self, name):
+        """An empty private ``<state_dir>/tmp/<name>`` for a copy's TMPDIR: what the last copy
+        left there (engines write temp files they never remove) goes, and nothing lands in /tmp."""
+        top, tmp = os.path.join(self.state_dir, "tmp"), os.path.join(self.state_dir, "tmp", name)
+        try:
+            private_dir(top, 0o700, "temp directory")
+            if os.path.lexists(tmp):
+                shutil.rmtree(tmp)  # fd-based on Linux: a symlink inside is removed, never followed
+            private_dir(tmp, 0o700, "temp directory")
+        except Unsafe as e:
+            raise Refused("spawn-failed", "%s: %s" % (name, e))
+        except OSError as e:
+            raise Refused("spawn-failed", "%s: cannot make %s: %s" % (name, tmp, e.strerror or e))
+        return tmp
 
     def start_shim(self, spec, timeout=30.0):
         """Start the detached shim through the fork server, or (without one) a fresh interpreter."""

@@ -495,6 +495,27 @@ def test_logs_are_plain_text_and_each_start_is_marked(tmp_path, launch_id):
     assert lines[1::3] == ["12:00  INFO up ok"] * 2 and lines[2::3] == ["no newline at the end"] * 2
 
 
+def test_each_copy_gets_a_fresh_private_tmpdir_under_the_state_dir_unless_the_operator_set_one(tmp_path, launch_id):
+    code = "import os, tempfile; f = tempfile.NamedTemporaryFile(delete=False); print(os.environ['TMPDIR'], f.name)"
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            firsts = []
+            for generation in (1, 2):
+                await n.spawn("tmp", script(code), generation=generation)
+                await n.exit_of("tmp")
+                firsts.append(n.log("tmp").splitlines()[-1].split())
+            await n.spawn("own", script(code), env={"TMPDIR": str(tmp_path)})
+            await n.exit_of("own")
+            return firsts, n.log("own").split()
+
+    (one, two), own = run(go())
+    assert one[0] == two[0] == str(tmp_path / "tmp" / "tmp")
+    assert stat.S_IMODE(os.stat(two[0]).st_mode) == 0o700
+    assert not os.path.exists(one[1]) and os.path.exists(two[1])  # the last copy's leftovers went
+    assert own[0] == str(tmp_path)
+
+
 def test_plain_text_strips_sequences_cut_at_any_byte():
     text = b"\x1b[2m2026-12-05T00:00:00Z\x1b[0m \x1b[1;32m INFO\x1b[0m hello \x1b]0;title\x07world\x1b(B\x1bM\n"
 
