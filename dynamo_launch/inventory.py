@@ -223,9 +223,7 @@ class _Loader:
         t = r.table(raw, p, {"port", "monitor_port", "store_dir", "external", "binary", "bind", "token", "user", "password",
                              "restart", "health"})  # fmt: skip
         external = self.url(t, p, "external", ("nats", "tls"))
-        bind = r.get(t, p, "bind", str, None)
-        if bind is not None and not valid_address(bind):
-            r.problem(p + ("bind",), f"{bind!r} is neither an IP address nor a host name (\"0.0.0.0\": every interface)")
+        bind = self.bind(t, p)
         token, user = self.secret(t, p, "token", "NATS_TOKEN"), self.env_key(t, p, "user")
         password = self.secret(t, p, "password", "NATS_PASSWORD")
         if "token" in t and ("user" in t or "password" in t):
@@ -259,12 +257,20 @@ class _Loader:
             health=self.health(t, p),
         )
 
+    def bind(self, t: dict[str, Any], p: KeyPath) -> str | None:
+        """A ``bind`` address (``None``: the host's own address)."""
+        bind = self.r.get(t, p, "bind", str, None)
+        if bind is not None and not valid_address(bind):
+            self.r.problem(p + ("bind",), f"{bind!r} is neither an IP address nor a host name (\"0.0.0.0\": every interface)")
+        return bind
+
     def frontend(self, raw: Any, p: KeyPath, head: str) -> Frontend:
         r = self.r
-        t = r.table(raw, p, {"host", "http_port", "router_mode", "extra_args", "env", "restart", "health"})
+        t = r.table(raw, p, {"host", "http_port", "bind", "router_mode", "extra_args", "env", "restart", "health"})
         return Frontend(
             host=r.get(t, p, "host", str, head),
             http_port=r.port(t, p, "http_port", Frontend.http_port),
+            bind=self.bind(t, p),
             router_mode=r.get(t, p, "router_mode", str, Frontend.router_mode, choices=("kv", "round-robin", "random")),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),

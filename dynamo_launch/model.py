@@ -230,6 +230,7 @@ class Frontend:
 
     host: str
     http_port: int = 8000
+    bind: str | None = None  # the API's listening address; None: the host's own (not every interface)
     router_mode: str = "kv"
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, EnvValue], ...] = ()

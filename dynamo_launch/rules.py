@@ -53,6 +53,7 @@ def validate(inv: Inventory, r: Reader) -> None:
     _check_names(inv, r)
     _check_refs(inv, r, hosts)
     _check_workers(inv, r)
+    _check_frontend(inv, r)
     _check_health(inv, r)
     if any(_under(p.key, "hosts", "workers") for p in r.problems):
         return  # placement needs well-formed hosts and groups; other problems do not hide its findings
@@ -155,6 +156,20 @@ def _check_cycles(inv: Inventory, r: Reader) -> None:
 
     for p in inv.processes:
         visit(p.name, [])
+
+
+FRONTEND_FLAGS = {"--http-host": "frontend.bind", "--http-port": "frontend.http_port",
+                  "--router-mode": "frontend.router_mode"}
+"""The frontend's flags the launcher renders (and probes, and checks for collisions)."""
+
+
+def _check_frontend(inv: Inventory, r: Reader) -> None:
+    if inv.frontend is None:
+        return
+    for j, arg in enumerate(inv.frontend.extra_args):
+        flag = arg.split("=", 1)[0]
+        if flag in FRONTEND_FLAGS:
+            r.problem(("frontend", "extra_args", j), f"{flag} is rendered by the launcher; set {FRONTEND_FLAGS[flag]} instead")
 
 
 def _check_workers(inv: Inventory, r: Reader) -> None:

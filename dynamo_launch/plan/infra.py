@@ -174,17 +174,22 @@ def etcd(ctx: Context) -> ProcessSpec:
 
 
 def frontend(ctx: Context) -> ProcessSpec:
-    """``python -m dynamo.frontend --http-port P --router-mode M``; ready on ``/health``."""
+    """``python -m dynamo.frontend --http-host A --http-port P --router-mode M``; ready on ``/health``.
+
+    It listens on its host's cluster address (Dynamo's default is every interface), or on
+    ``frontend.bind``."""
     f = ctx.inv.frontend
     assert f is not None
     address = ctx.inv.host(f.host).address
     origin: KeyPath = ("frontend",)
-    probe = ctx.http(f.health, address, f.http_port, f.health.path)
+    listen = f.bind or address
+    probe = ctx.http(f.health, address if listen in ("0.0.0.0", "::") else listen, f.http_port, f.health.path)
     return ctx.spec(
         name="frontend",
         host=f.host,
         kind="frontend",
-        argv=[ctx.python(f.host), "-m", "dynamo.frontend", "--http-port", str(f.http_port), "--router-mode", f.router_mode, *f.extra_args],
+        argv=[ctx.python(f.host), "-m", "dynamo.frontend", "--http-host", listen, "--http-port",
+              str(f.http_port), "--router-mode", f.router_mode, *f.extra_args],
         origin=origin,
         restart=f.restart,
         health=f.health,

@@ -291,3 +291,23 @@ def test_ray_head_and_worker_args_go_to_their_own_nodes_only() -> None:
     head, worker = plan.process("ray-head").argv, plan.process("ray-1").argv
     assert head[-4:] == ("--num-cpus=2", "--temp-dir=/srv/ray", "--dashboard-host=0.0.0.0", "--block")
     assert worker[-4:] == ("--num-cpus=2", "--temp-dir=/srv/ray", '--labels={"zone": "b"}', "--block")
+
+
+@pytest.mark.parametrize("bind, listens, probed", [
+    ("", "10.0.0.2", "10.0.0.2"),                        # its host's cluster address, not every interface
+    ('bind = "0.0.0.0"', "0.0.0.0", "10.0.0.2"),         # widened: still probed on the cluster address
+    ('bind = "127.0.0.1"', "127.0.0.1", "127.0.0.1"),    # narrowed: probed where it listens
+])
+def test_the_frontend_listens_on_its_host_s_address_unless_bind_says_otherwise(bind: str, listens: str,
+                                                                              probed: str) -> None:
+    fe = _plan(f'[frontend]\nhost = "b"\n{bind}\n').process("frontend")
+    i = fe.argv.index("--http-host")
+    assert fe.argv[i + 1] == listens and fe.argv.count("--http-host") == 1
+    assert fe.readiness is not None and fe.readiness.url == f"http://{probed}:8000/health"
+
+
+def test_frontend_flags_the_launcher_renders_are_refused_in_extra_args() -> None:
+    with pytest.raises(InventoryError) as e:
+        _plan('[frontend]\nextra_args = ["--http-host=0.0.0.0", "--kv-cache-block-size", "16"]\n')
+    assert [str(p) for p in e.value.problems] == [
+        "/etc/dl/t.toml:19: frontend.extra_args[0]: --http-host is rendered by the launcher; set frontend.bind instead"]
