@@ -555,3 +555,32 @@ def test_control_socket_fuzzer_every_request_answered_and_the_daemon_unharmed(ha
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and "control request failed" not in out.out + out.err
 
+
+def test_a_local_process_gets_the_inventory_env_and_a_minimal_base_not_the_daemons(harness, monkeypatch, tmp_path):
+    other = "daemon-only-" + os.urandom(6).hex()
+    monkeypatch.setenv("DL_DAEMON_ONLY_SECRET", other)  # e.g. a credential of the operator's shell
+    monkeypatch.setenv("DL_NAMED_SECRET", "named-" + os.urandom(4).hex())
+    monkeypatch.setenv("LC_TIME", "C")
+    h = harness(standin_process("env", free_port(), host="local", bind="127.0.0.1")
+                .replace("[processes.restart]", 'env = { GIVEN = "${DL_NAMED_SECRET}", PLAIN = "p" }\n'
+                                                "[processes.restart]", 1))
+
+    async def go():
+        await h.up()
+        await h.until(h.all_up)
+        with open(f"/proc/{h.proc('env').machine.pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        await h.down()
+        return {k.decode(): v.decode() for k, v in env.items()}
+
+    env = arun(go())
+    assert other not in json.dumps(env) and "DL_DAEMON_ONLY_SECRET" not in env and "DL_NAMED_SECRET" not in env
+    assert env["GIVEN"] == os.environ["DL_NAMED_SECRET"] and env["PLAIN"] == "p"  # what the inventory names
+    assert env["PATH"] and env["LC_TIME"] == "C" and env.get("HOME") == os.environ.get("HOME")  # the base
+    from dynamo_launch.transport.local import BASE_ENV, BASE_ENV_PREFIXES
+
+    launcher = {"DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION"}
+    unexpected = {k for k in env if k not in BASE_ENV and not k.startswith(BASE_ENV_PREFIXES)
+                  and k not in launcher and k not in ("GIVEN", "PLAIN")}
+    planned = {e.name for e in h.plan.process("env").env}
+    assert unexpected <= planned, unexpected - planned
