@@ -26,34 +26,11 @@ from dynamo_launch.plan.render import command_text, to_text
 from dynamo_launch.preflight import Check
 from dynamo_launch.printable import clean, has_control, shell_quote
 from dynamo_launch.status import render
+from tests.inventory_keys import one_process
 
 # Raw control characters a terminal or a shell would obey; "\n" only between lines.
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 NASTY = ["\n", "\r", "\x1b[2J", "\x1b]0;owned\x07", "\x9b31m", "\x7f", "\u202e", "\u2028", "\x00", "\t"]
-
-
-def _inventory(command: list[str], *, env: str = "", extra: str = "") -> str:
-    return textwrap.dedent(
-        f"""
-        [cluster]
-        name = "t"
-        head = "a"
-        state_dir = "/srv/dl"
-
-        [env]
-        {env}
-
-        [[hosts]]
-        name = "a"
-        address = "10.0.0.1"
-
-        [[processes]]
-        name = "p"
-        host = "a"
-        command = {json.dumps(command)}
-        {extra}
-        """
-    )
 
 
 def _problems(text: str) -> list[str]:
@@ -89,7 +66,7 @@ def test_shell_quote_round_trips_through_a_real_shell() -> None:
 
 def _hostile_plan():
     """A plan built from a model carrying what validate refuses: the renderer alone must hold."""
-    inv = parse(_inventory(["/bin/engine", "--serve"], env='A = "x\\ny\\u001b[2J"',
+    inv = parse(one_process(["/bin/engine", "--serve"], env='A = "x\\ny\\u001b[2J"',
                            extra='[processes.health]\ncheck = "command"\ncommand = ["true"]'), "t.toml")
     proc = inv.processes[0]
     health = dataclasses.replace(proc.health, command=("true\ntouch /tmp/pwned-health", "\x1b]0;t\x07"))
@@ -126,7 +103,7 @@ def test_plan_commands_paste_back_to_the_exact_argv_env_and_cwd(tmp_path) -> Non
 
 
 def test_env_values_may_hold_newlines_and_render_escaped() -> None:
-    text = to_text(build(parse(_inventory(["run"], env='CFG = "a\\nb"'), "t.toml")))
+    text = to_text(build(parse(one_process(["run"], env='CFG = "a\\nb"'), "t.toml")))
     assert "CFG=$'a\\nb' run" in text and not RAW.search(text)
 
 
@@ -135,12 +112,12 @@ def test_env_values_may_hold_newlines_and_render_escaped() -> None:
 
 @pytest.mark.parametrize("bad", ["\\n", "\\u001b[2J", "\\u009b", "\\u007f", "\\t", "\\u202e"])
 @pytest.mark.parametrize("where, text", [
-    ("cluster.state_dir", lambda b: _inventory(["run"]).replace('"/srv/dl"', f'"/srv/dl{b}x"')),
-    ("processes[0].command[1]", lambda b: _inventory(["run", "ok"]).replace('"ok"', f'"ok{b}"')),
+    ("cluster.state_dir", lambda b: one_process(["run"]).replace('"/srv/dl"', f'"/srv/dl{b}x"')),
+    ("processes[0].command[1]", lambda b: one_process(["run", "ok"]).replace('"ok"', f'"ok{b}"')),
     ("processes[0].health.command[0]",
-     lambda b: _inventory(["run"], extra=f'[processes.health]\ncheck = "command"\ncommand = ["true{b}id"]')),
-    ("processes[0].cwd", lambda b: _inventory(["run"], extra=f'cwd = "/w{b}"')),
-    ("hosts[0].python", lambda b: _inventory(["run"]).replace('address = "10.0.0.1"',
+     lambda b: one_process(["run"], extra=f'[processes.health]\ncheck = "command"\ncommand = ["true{b}id"]')),
+    ("processes[0].cwd", lambda b: one_process(["run"], extra=f'cwd = "/w{b}"')),
+    ("hosts[0].python", lambda b: one_process(["run"]).replace('address = "10.0.0.1"',
                                                              f'address = "10.0.0.1"\npython = "py{b}"')),
 ])  # fmt: skip
 def test_validate_refuses_control_characters_in_names_paths_and_commands(bad, where, text) -> None:
@@ -151,7 +128,7 @@ def test_validate_refuses_control_characters_in_names_paths_and_commands(bad, wh
 
 def test_the_issue_reproduction_newline_in_state_dir_and_health_command_is_refused(tmp_path) -> None:
     path = tmp_path / "inv.toml"
-    path.write_text(_inventory(["run"], extra='[processes.health]\ncheck = "command"\ncommand = ["true\\nid"]')
+    path.write_text(one_process(["run"], extra='[processes.health]\ncheck = "command"\ncommand = ["true\\nid"]')
                     .replace('"/srv/dl"', '"/tmp/x\\ntouch /tmp/pwned"'))
     for cmd in ("validate", "plan"):
         r = CliRunner().invoke(main, [cmd, str(path)])
@@ -174,7 +151,7 @@ def test_the_issue_reproduction_newline_in_state_dir_and_health_command_is_refus
     (["engine", "--seed-key", "Zk3pQ8vN2xR7mT1wY6bL4cH9dJ0sF5gA"], 2, "random-looking"),
 ])  # fmt: skip
 def test_validate_refuses_inline_secrets_in_a_command(argv, index, says) -> None:
-    found = _problems(_inventory(argv))
+    found = _problems(one_process(argv))
     assert len(found) == 1 and f": processes[0].command[{index}]: " in found[0], found
     assert says in found[0] and "${" in found[0] and "/proc/PID/cmdline" in found[0]
     secret = argv[index].split("=", 1)[-1]
@@ -182,7 +159,7 @@ def test_validate_refuses_inline_secrets_in_a_command(argv, index, says) -> None
 
 
 def test_inline_secrets_are_refused_in_every_argv_the_inventory_writes() -> None:
-    text = _inventory(["run"], extra='[processes.health]\ncheck = "command"\ncommand = ["probe", "--token", "t0k"]')
+    text = one_process(["run"], extra='[processes.health]\ncheck = "command"\ncommand = ["probe", "--token", "t0k"]')
     text += textwrap.dedent("""
         [frontend]
         extra_args = ["--api-key", "abc"]
@@ -210,7 +187,7 @@ def test_inline_secrets_are_refused_in_every_argv_the_inventory_writes() -> None
     ["e", "a3f9c2e1-4b5d-4e6f-8a7b-9c0d1e2f3a4b"], ["e", "nvidia-DeepSeek-R1-FP4-v2-Instruct-2025"],
 ])  # fmt: skip
 def test_ordinary_arguments_are_not_taken_for_secrets(argv) -> None:
-    parse(_inventory(argv), "t.toml")
+    parse(one_process(argv), "t.toml")
 
 
 # --- what the CLI prints from outside ------------------------------------------------------------
