@@ -16,7 +16,9 @@ import re
 
 __all__ = ["SECRET_VALUE", "argv_secrets", "looks_like_token"]
 
-SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|nvapi-[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$")
+SECRET_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{20,}|nvapi-[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$"
+)
 """Well-known token shapes as a whole value (an ``env`` value under any name)."""
 
 # The same shapes, and a few more, anywhere inside an argument (a `sh -c` line holds several words).

@@ -468,7 +468,8 @@ def _fuzz_requests(n: int, seed: int, names: set[str]) -> list[bytes]:
         if depth < 4 and pick < 0.15:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         if depth < 4 and pick < 0.3:
-            return {rng.choice(["op", "since", "name", "x", "target"]): value(depth + 1) for _ in range(rng.randint(0, 3))}
+            keys = ["op", "since", "name", "x", "target"]
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 3))}
         if pick < 0.5:
             return "".join(chr(rng.randint(0, 0x3000)) for _ in range(rng.randint(0, 12))).replace("\ud800", "")
         return rng.choice(scalars)

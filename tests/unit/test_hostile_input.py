@@ -146,7 +146,8 @@ def test_the_issue_reproduction_newline_in_state_dir_and_health_command_is_refus
     (["engine", "--hf-token", "hf_abcdefghijklmnopqrstuvwxyz"], 2, "HF_TOKEN"),
     (["engine", "--password", "hunter2"], 2, "file:/path"),
     (["engine", "--registry-token=abc"], 1, "--registry-token"),
-    (["sh", "-c", "curl -H 'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.SflKxwRJSMeKKF2QT4f'"], 2, "eyJ…"),
+    (["sh", "-c", "curl -H 'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.SflKxwRJSMeKKF2QT4f'"],
+     2, "eyJ…"),
     (["engine", "--x", "ghp_abcdefghijklmnopqrstuvwxyz0123"], 2, "ghp_…"),
     (["engine", "--seed-key", "Zk3pQ8vN2xR7mT1wY6bL4cH9dJ0sF5gA"], 2, "random-looking"),
 ])  # fmt: skip
