@@ -19,6 +19,7 @@ import click
 
 from . import __version__, control
 from .errors import DynamoLaunchError, InventoryError, NoDaemon, NotPublished, PreflightFailed
+from .printable import clean
 
 if TYPE_CHECKING:
     from .model import Inventory
@@ -69,7 +70,7 @@ def plan(inventory: str, as_json: bool, as_diff: bool, exit_code: bool) -> None:
     result = _plan(inventory)
     if as_diff:
         answer = _ask(result.cluster, "diff", path=os.path.abspath(inventory))
-        click.echo(_json(answer["diff"]) if as_json else answer["text"], nl=False)
+        click.echo(_json(answer["diff"]) if as_json else _lines(answer["text"]), nl=False)
         d = answer["diff"]
         sys.exit(1 if exit_code and (d["added"] or d["removed"] or d["changed"]) else 0)
     click.echo(to_json(result) if as_json else to_text(result), nl=False)
@@ -99,8 +100,7 @@ def _load(path: str) -> tuple[Inventory, Plan]:
         click.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
         sys.exit(1)
     except DynamoLaunchError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        _fail(str(e))
 
 
 # --- running a cluster --------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def logs_cmd(name: str, cluster: str | None, follow: bool, lines: int) -> None:
 def restart(target: str, cluster: str | None) -> None:
     """Restart TARGET: a process, a gang (every member, new generation) or a group; clears FAILED."""
     touched = _ask(cluster, "restart", target=target)["restarted"]
-    click.echo("restarting: " + ", ".join(touched))
+    click.echo(clean("restarting: " + ", ".join(map(str, touched))))
 
 
 @main.command()
@@ -276,12 +276,12 @@ def reload(inventory: str | None, cluster: str | None) -> None:
         cluster = cluster or _plan(inventory).cluster
     args = {"path": os.path.abspath(inventory)} if inventory else {}
     answer = _ask(cluster, "reload", **args)
-    click.echo(answer["text"], nl=False)
+    click.echo(_lines(answer["text"]), nl=False)
     if answer.get("reloading", True):
         click.echo("reloading: follow it with `dynamo-launch events -f`")
     if answer.get("previous") and answer.get("inventory") != answer["previous"]:
-        click.echo(f"from now on the daemon reads {answer['inventory']} on every reload (SIGHUP, `systemctl reload`), "
-                   f"not {answer['previous']}")
+        click.echo(clean(f"from now on the daemon reads {answer['inventory']} on every reload (SIGHUP, "
+                         f"`systemctl reload`), not {answer['previous']}"))
 
 
 @main.command()
@@ -314,7 +314,7 @@ def events(cluster: str | None, follow: bool, nats_url: str | None, as_json: boo
 
 def _event_line(e: dict) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
-    return f"{stamp} {e['kind']:<17} {e['message']}"
+    return clean(f"{stamp} {e['kind']:<17} {e['message']}")
 
 
 def _events_from_nats(url: str, cluster: str, line: Callable[[dict], str]) -> None:
@@ -391,7 +391,7 @@ def _from_etcd(endpoints: str, cluster: str) -> dict:
     try:
         snap = asyncio.run(read_status(endpoints, cluster, auth=(user, password) if user and password else None))
     except NotPublished as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(clean(f"error: {e}"), err=True)
         sys.exit(3)
     except DynamoLaunchError as e:
         _fail(str(e))
@@ -405,7 +405,7 @@ def _ask(cluster: str | None, op: str, timeout: float = 30.0, **args) -> dict:
     try:
         return control.request(control.find_socket(cluster), op, timeout=timeout, **args)
     except NoDaemon as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(clean(f"error: {e}"), err=True)
         sys.exit(3)
     except DynamoLaunchError as e:
         _fail(str(e))
@@ -427,7 +427,8 @@ def _activate_own_environment() -> None:
 
 
 def _show_checks(checks: list[Check]) -> None:
-    rows = [("HOST", "CHECK", "RESULT", "DETAIL")] + [(c.host, c.name, c.status.upper(), c.detail) for c in checks]
+    rows = [("HOST", "CHECK", "RESULT", "DETAIL")]
+    rows += [(clean(c.host), clean(c.name), clean(c.status.upper()), clean(c.detail)) for c in checks]  # from nodes
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     click.echo("preflight:", err=True)
     for r in rows:
@@ -439,15 +440,23 @@ def _report_stop(stopped: list[str], unknown: list[str], leftovers: dict) -> Non
 
     click.echo(f"stopped {count(len(stopped), 'process')}", err=True)
     if unknown:
-        click.echo(f"could not verify (host unreachable): {', '.join(unknown)}; run `down` again once it answers",
-                   err=True)
+        click.echo(clean(f"could not verify (host unreachable): {', '.join(map(str, unknown))}; run `down` again once "
+                         f"it answers"), err=True)
     for host, pids in leftovers.items():
-        click.echo(f"{host}: still running after stop: pids {', '.join(map(str, pids))}", err=True)
+        click.echo(clean(f"{host}: still running after stop: pids {', '.join(map(str, pids))}"), err=True)
 
 
 def _fail(message: str):
-    click.echo(f"error: {message}", err=True)
+    click.echo(clean(f"error: {message}"), err=True)  # messages carry what nodes, etcd and NATS said
     sys.exit(1)
+
+
+def _lines(text: str) -> str:
+    """Multi-line text from the daemon, each line cleaned of control characters."""
+    lines = text.split("\n")  # not splitlines(): a forged \x1c or \u2028 is shown, not obeyed
+    if lines[-1] == "":
+        lines.pop()
+    return "".join(clean(line) + "\n" for line in lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

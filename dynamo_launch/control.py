@@ -3,6 +3,12 @@
 ``status``, ``restart`` and ``logs`` talk to the running daemon through it.
 Sockets live in one runtime directory, one per cluster, so ``dynamo-launch
 status`` can find the daemon without being told which inventory it runs.
+
+The server trusts no request: a line longer than :data:`MAX_REQUEST` bytes, one that is not
+UTF-8 JSON, not an object, nested too deeply, or whose ``op`` or arguments are wrong gets an
+error reply (``{"ok": false, "error": "bad request: ..."}``) and never a traceback; a client
+that sends nothing for :data:`IDLE_TIMEOUT` seconds is disconnected, and beyond
+:data:`MAX_CONNECTIONS` at once a new one is answered "busy" and closed at once.
 """
 
 from __future__ import annotations
@@ -17,14 +23,24 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import Unsafe, private_dir
-from .errors import ControlError, DynamoLaunchError, NoDaemon, UnsafePath
+from .errors import BadRequest, ControlError, DynamoLaunchError, NoDaemon, UnsafePath
+from .printable import clean
 
 if TYPE_CHECKING:  # asyncio only for the daemon's server: the CLI's requests are plain blocking sockets
     import asyncio
 
-__all__ = ["ControlServer", "find_socket", "remove_stale", "request", "runtime_dir", "socket_path"]
+__all__ = ["IDLE_TIMEOUT", "MAX_CONNECTIONS", "MAX_REQUEST", "ControlServer", "find_socket", "parse_request",
+           "remove_stale", "request", "runtime_dir", "socket_path"]
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+MAX_REQUEST = 64 * 1024
+"""Bytes in one request line (the largest real request, a reload's path, is far below)."""
+IDLE_TIMEOUT = 10.0
+"""Seconds a client may take to send its request line."""
+MAX_CONNECTIONS = 64
+"""Connections served at once; each holds one file descriptor of the daemon."""
+_MAX_DEPTH = 32  # nesting of a request's JSON (real ones have 1)
 
 
 def runtime_dir() -> str:
@@ -124,19 +140,83 @@ def request(path: str, op: str, /, *, timeout: float = 10.0, **args: Any) -> dic
         sock.close()
     if not line:
         raise ControlError(f"the daemon closed the connection without answering {op!r}")
-    reply = json.loads(line)
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the answer on {path} is not a daemon's (not a JSON object)")
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "unknown error"))
-    return reply.get("result", {})
+        raise ControlError(str(reply.get("error", "unknown error")))
+    result = reply.get("result", {})
+    if not isinstance(result, dict):
+        raise ControlError(f"the answer on {path} is not a daemon's (its result is not an object)")
+    return result
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line as a JSON object with a string ``op``; :class:`BadRequest` otherwise."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"request longer than {MAX_REQUEST} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request is not UTF-8") from None
+    if _depth(text) > _MAX_DEPTH:
+        raise BadRequest(f"request nested deeper than {_MAX_DEPTH} levels")
+    try:
+        req = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"request is not JSON ({str(e).splitlines()[0][:80]})") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"a request is a JSON object like {{\"op\": \"status\"}}, got {type(req).__name__}")
+    if not isinstance(req.get("op"), str):
+        raise BadRequest("a request needs \"op\": a string")
+    return req
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (json.loads would recurse that deep)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 class ControlServer:
-    """Serves requests on a Unix socket created with mode 0600."""
+    """Serves requests on a Unix socket created with mode 0600.
 
-    def __init__(self, path: str, handler: Handler):
+    ``on_error(message)`` hears, as one line, what went wrong with a request that is not the
+    client's fault (a bug answered as ``internal error``); nothing here logs a traceback.
+    """
+
+    def __init__(self, path: str, handler: Handler, *, idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS, on_error: Callable[[str], None] | None = None):
         self.path = path
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._on_error = on_error
+        self.connections = 0
 
     async def start(self) -> None:
         """Bind (replacing a stale socket) and start serving."""
@@ -147,7 +227,8 @@ class ControlServer:
 
         old = os.umask(0o177)  # the socket is born owner-only: no window where others can connect
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+            # limit: readline() stops at one byte past the largest request instead of buffering a flood
+            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST + 1)
         finally:
             os.umask(old)
 
@@ -162,19 +243,41 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import asyncio
 
+        self.connections += 1
         try:
-            line = await reader.readline()
-            try:
-                req = json.loads(line)
-                result = await self._handler(req)
-                reply: dict[str, Any] = {"ok": True, "result": result}
-            except DynamoLaunchError as e:
-                reply = {"ok": False, "error": str(e)}
-            except (ValueError, KeyError, TypeError) as e:
-                reply = {"ok": False, "error": f"bad request: {e}"}
+            if self.connections > self.max_connections:
+                reply: dict[str, Any] = {"ok": False, "error": f"busy: {self.max_connections} connections are open; "
+                                                                "try again"}
+            else:
+                reply = await self._answer(reader)
             writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a client that never reads is dropped too
+        except (ConnectionError, asyncio.TimeoutError):
             pass
         finally:
+            self.connections -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        import asyncio
+
+        try:
+            line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+        except asyncio.TimeoutError:
+            return {"ok": False, "error": f"bad request: nothing received within {self.idle_timeout:g}s"}
+        except (ValueError, asyncio.LimitOverrunError):  # the line outgrew the reader's limit
+            return {"ok": False, "error": f"bad request: request longer than {MAX_REQUEST} bytes"}
+        except asyncio.IncompleteReadError:
+            return {"ok": False, "error": "bad request: connection closed mid-request"}
+        try:
+            result = await self._handler(parse_request(line))
+            return {"ok": True, "result": result}
+        except BadRequest as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        except DynamoLaunchError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug: the client gets one line, the daemon carries on
+            message = clean(f"{type(e).__name__}: {e}")[:300]
+            if self._on_error is not None:
+                self._on_error(message)
+            return {"ok": False, "error": f"internal error: {message}"}

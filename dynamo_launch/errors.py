@@ -26,7 +26,8 @@
     │   └── NotPublished              no daemon ever published this cluster's status
     ├── EventBusError                 NATS could not be used (names the URL)
     ├── ControlError                  the daemon answered an error, or the exchange failed
-    │   └── NoDaemon                  no daemon listens for this cluster
+    │   ├── NoDaemon                  no daemon listens for this cluster
+    │   └── BadRequest                a control request the daemon cannot read (one line)
     ├── PreflightFailed               a preflight check failed: nothing was started
     ├── StateUnwritable               the state file cannot be written (full or read-only disk)
     └── AlreadyRunning                another daemon supervises this cluster
@@ -41,10 +42,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .printable import clean
+
 __all__ = [
     "AgentError",
     "AlreadyRunning",
     "AuthenticationFailed",
+    "BadRequest",
     "ChannelClosed",
     "CommandTimeout",
     "ControlError",
@@ -87,7 +91,8 @@ class Problem:
             where = self.file or "inventory"
         else:
             where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return clean(text)  # one line on the terminal, whatever the file held
 
 
 class InventoryError(DynamoLaunchError):
@@ -226,6 +231,10 @@ class ControlError(DynamoLaunchError):
 
 class NoDaemon(ControlError):
     """No daemon is listening for this cluster."""
+
+
+class BadRequest(ControlError):
+    """A control request that is not a JSON object with a known ``op`` and well-typed arguments."""
 
 
 # --- the daemon ---------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from .model import (
     WorkerGroup,
 )
 from .reader import ENV_NAME, HOSTNAME, NAME, Reader
+from .secret_shapes import SECRET_VALUE  # well-known token shapes, refused under any name
 from .tomlpos import KeyPath, LineMap
 from .versions import SUPPORTED_DYNAMO_VERSIONS
 
@@ -55,8 +56,6 @@ _IFNAME = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}"
 
 # Names that say "this is a credential": a literal value under such a name is refused.
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|(^|_)KEY$", re.IGNORECASE)
-# Well-known token shapes, refused under any name.
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|nvapi-[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})$")
 _ENV_REF = re.compile(r"\$\{(" + ENV_NAME + r")\}")
 
 
@@ -430,7 +429,7 @@ class _Loader:
             if not path.startswith("/"):
                 self.r.problem(where, f"file: reference must be an absolute path, got {path!r}")
             return SecretRef("file", path)
-        if _SECRET_VALUE.match(value) or (value and _SECRET_NAME.search(name)):
+        if SECRET_VALUE.match(value) or (value and _SECRET_NAME.search(name)):
             self.r.problem(
                 where,
                 f"inline secret: give it by reference, e.g. {name} = \"${{{name}}}\" (from the daemon's "

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MetricsServer", "render"]
+__all__ = ["HEADER_TIMEOUT", "MAX_CONNECTIONS", "MAX_HEADERS", "MAX_LINE", "MetricsServer", "render"]
 
 STATES = ("STOPPED", "WAITING", "STARTING", "READY", "RUNNING", "STOPPING", "BACKOFF", "FAILED", "UNKNOWN")
 GANG_STATES = ("STOPPED", "STARTING", "RUNNING", "STOPPING", "BACKOFF", "FAILED")
@@ -78,16 +78,41 @@ def render(snap: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-class MetricsServer:
-    """Serves ``GET /metrics`` (plain HTTP/1.1, one response per connection)."""
+MAX_LINE = 8 * 1024
+"""Bytes in the request line or in one header line (414 / 431 beyond)."""
+MAX_HEADERS = 32 * 1024
+"""Bytes of all header lines together (431 beyond)."""
+HEADER_TIMEOUT = 10.0
+"""Seconds for the whole request head, however slowly it trickles in (408 after)."""
+MAX_CONNECTIONS = 32
+"""Connections served at once (503 beyond)."""
 
-    def __init__(self, host: str, port: int, body: Callable[[], str]):
+
+class _Refuse(Exception):
+    """End the exchange with this status line."""
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` (plain HTTP/1.1, one response per connection).
+
+    Whoever can reach the address may connect, so a request head is bounded: its line and each
+    header to :data:`MAX_LINE` bytes (414, 431), all headers to :data:`MAX_HEADERS` (431), the
+    whole head to :data:`HEADER_TIMEOUT` seconds however slowly it comes (408: no slowloris),
+    and :data:`MAX_CONNECTIONS` are served at once (503 beyond). A request line that is not
+    ``METHOD TARGET HTTP/x`` is 400, another method than GET/HEAD 405.
+    """
+
+    def __init__(self, host: str, port: int, body: Callable[[], str], *, header_timeout: float = HEADER_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
         self.host, self.port, self._body = host, port, body
         self._server: asyncio.base_events.Server | None = None
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.connections = 0
 
     async def start(self) -> None:
         """Bind and serve; the port is taken now (an error here stops `up` before it starts)."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_LINE)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
 
@@ -99,19 +124,55 @@ class MetricsServer:
                 await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass  # headers: not needed
-            parts = request.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+            if self.connections > self.max_connections:
+                raise _Refuse("503 Service Unavailable")
+            try:
+                method, target = await asyncio.wait_for(self._head(reader), self.header_timeout)
+            except asyncio.TimeoutError:
+                raise _Refuse("408 Request Timeout") from None
+            head = method == "HEAD"
+            if method not in ("GET", "HEAD"):
+                raise _Refuse("405 Method Not Allowed")
+            if target.split("?")[0] == "/metrics":
                 status, ctype, body = "200 OK", "text/plain; version=0.0.4; charset=utf-8", self._body().encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain; charset=utf-8", b"only /metrics here\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (OSError, asyncio.TimeoutError, UnicodeError):
+            await self._reply(writer, status, ctype, b"" if head else body, len(body))
+        except _Refuse as e:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                body = f"{e}\n".encode()
+                await self._reply(writer, str(e), "text/plain; charset=utf-8", body, len(body))
+        except (OSError, asyncio.TimeoutError):
             pass
         finally:
+            self.connections -= 1
             writer.close()
+
+    async def _head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+        """Method and target of the request; its headers are read (bounded) and dropped."""
+        line = await self._line(reader, "414 URI Too Long")
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[0].isalpha():
+            raise _Refuse("400 Bad Request")
+        total = 0
+        while True:
+            header = await self._line(reader, "431 Request Header Fields Too Large")
+            if header in (b"\r\n", b"\n", b""):
+                return parts[0], parts[1]
+            total += len(header)
+            if total > MAX_HEADERS:
+                raise _Refuse("431 Request Header Fields Too Large")
+
+    @staticmethod
+    async def _line(reader: asyncio.StreamReader, too_long: str) -> bytes:
+        try:
+            return await reader.readline()
+        except (ValueError, asyncio.LimitOverrunError):  # longer than the reader's limit
+            raise _Refuse(too_long) from None
+
+    async def _reply(self, writer: asyncio.StreamWriter, status: str, ctype: str, body: bytes, length: int) -> None:
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + body)
+        await asyncio.wait_for(writer.drain(), self.header_timeout)  # a client that never reads is dropped

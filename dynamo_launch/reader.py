@@ -12,6 +12,7 @@ import re
 from typing import Any, TypeVar
 
 from .errors import Problem
+from .printable import clean, has_control
 from .tomlpos import KeyPath, LineMap, format_path
 
 __all__ = ["MISSING", "Reader"]
@@ -92,6 +93,8 @@ class Reader:
         if kind is str and default is MISSING and not value:
             self.problem(where, "must not be empty")
             return value
+        if kind is str and not self.printable(where, value):
+            return value
         if choices and value not in choices:
             hint = _closest(value, set(choices)) if isinstance(value, str) else None
             self.problem(where, f"must be one of {', '.join(choices)}; got {value!r}"
@@ -104,6 +107,18 @@ class Reader:
         if pattern is not None and not re.fullmatch(pattern, value):
             self.problem(where, f"{value!r} is not a valid {key} ({_PATTERN_HINT.get(pattern, pattern)})")
         return value
+
+    def printable(self, where: KeyPath, value: str) -> bool:
+        """False (and a problem) when ``value`` holds a control character: names, paths, commands and
+        arguments end up in pasteable plans, terminals and command lines, where a newline or an escape
+        sequence would do something else than what the file shows."""
+        if not has_control(value):
+            return True
+        at = next(i for i, ch in enumerate(value) if has_control(ch))
+        self.problem(where, f"contains a control character ({clean(value[at])} at position {at}): names, paths, "
+                            f"commands and arguments must be printable text (multi-line text goes in a file: "
+                            f"give its path)")
+        return False
 
     def choice(self, raw: dict[str, Any], path: KeyPath, key: str, enum: type[E], default: Any = MISSING) -> E:
         """One of an Enum's values; a wrong or missing value yields ``default`` (or the first member)."""
@@ -131,6 +146,7 @@ class Reader:
         out = []
         for i, item in enumerate(value):
             if isinstance(item, str):
+                self.printable(where + (i,), item)
                 out.append(item)
             else:
                 self.problem(where + (i,), f"must be a string, got {_describe(item)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .model import Backend, Executor, Health, Inventory, Role
 from .placement import place
 from .reader import Reader
+from .secret_shapes import argv_secrets
 from .tomlpos import KeyPath, format_path
 
 __all__ = ["OWNED_FLAGS", "RESERVED_NAMES", "validate"]
@@ -55,6 +56,7 @@ def validate(inv: Inventory, r: Reader) -> None:
     _check_workers(inv, r)
     _check_frontend(inv, r)
     _check_health(inv, r)
+    _check_argv_secrets(inv, r)
     if any(_under(p.key, "hosts", "workers") for p in r.problems):
         return  # placement needs well-formed hosts and groups; other problems do not hide its findings
     for path, message in place(inv).problems:
@@ -230,6 +232,28 @@ def _check_health(inv: Inventory, r: Reader) -> None:
                             ("path", kind != "frontend" and health.path != Health.path)):  # fmt: skip
             if unused and health.check in _PROBED[kind]:
                 r.problem(path + (key,), f"is not used here: {_HOW[kind]}")
+
+
+def _check_argv_secrets(inv: Inventory, r: Reader) -> None:
+    """Every argv the inventory writes: a secret there would sit in /proc/PID/cmdline on its node."""
+    lists: list[tuple[KeyPath, tuple[str, ...]]] = []
+    healths: list[tuple[KeyPath, Health]] = [(("nats",), inv.nats.health), (("etcd",), inv.etcd.health)]
+    if inv.frontend is not None:
+        lists.append((("frontend", "extra_args"), inv.frontend.extra_args))
+        healths.append((("frontend",), inv.frontend.health))
+    for i, w in enumerate(inv.workers):
+        lists.append((("workers", i, "extra_args"), w.extra_args))
+        healths.append((("workers", i), w.health))
+    if inv.ray is not None:
+        lists += [(("ray", key), getattr(inv.ray, key)) for key in ("extra_args", "head_args", "worker_args")]
+        healths.append((("ray",), inv.ray.health))
+    for i, p in enumerate(inv.processes):
+        lists.append((("processes", i, "command"), p.command))
+        healths.append((("processes", i), p.health))
+    lists += [(path + ("health", "command"), h.command) for path, h in healths]
+    for path, argv in lists:
+        for j, message in argv_secrets(argv):
+            r.problem(path + (j,), message)
 
 
 def _under(key: str, *sections: str) -> bool:

@@ -3,11 +3,17 @@
 :func:`render` turns a snapshot — the JSON the control socket answers or the etcd mirror holds,
 made by :func:`dynamo_launch.daemon.snapshot.snapshot` — into what ``dynamo-launch status``
 prints. It imports nothing of the daemon (no SSH library), so ``status`` starts fast.
+
+A snapshot read back from etcd may have been forged by anyone who can write there: every field is
+printed through :func:`dynamo_launch.printable.clean`, so no value can move the cursor, clear
+the screen or start a line of its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from .printable import clean
 
 __all__ = ["COLUMNS", "render"]
 
@@ -53,6 +59,7 @@ def render(snap: dict[str, Any]) -> str:
                      str(p.get("tree_procs") or "-"), _bytes(p.get("memory_bytes")),
                      str(p["restarts"]), str(p["generation"]), _exit_text(p["last_exit"]),
                      _health(p)))  # last: never cut
+    rows = [tuple(clean(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     up = sum(1 for p in snap["processes"] if p["state"] in ("READY", "RUNNING"))
     lines = [f"cluster {snap['cluster']} — launch {snap['launch_id']}, daemon pid {snap['daemon_pid']}, "
@@ -66,16 +73,18 @@ def render(snap: dict[str, Any]) -> str:
     for g in snap["gangs"]:
         lines.append(f"gang {g['name']}: {g['state']}, generation {g['generation']}, {g['restarts']} restarts "
                      f"({', '.join(g['members'])})")
+    lines = [clean(line) for line in lines]
     lines.append("")
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     for p in snap["processes"]:
         if p.get("last_lines"):
-            lines += ["", f"{p['name']} ({p['state']}, last exit {_exit_text(p['last_exit'])}): "
-                          f"the end of {p.get('log_file') or 'its log'}:"]
-            lines += [f"  {x}" for x in p["last_lines"].rstrip("\n").splitlines()]
+            lines += ["", clean(f"{p['name']} ({p['state']}, last exit {_exit_text(p['last_exit'])}): "
+                                f"the end of {p.get('log_file') or 'its log'}:")]
+            # a process's own words: shown, never obeyed (split on \n only, every line cleaned)
+            lines += [clean(f"  {x}") for x in p["last_lines"].rstrip("\n").split("\n")]
             if p["state"] == "FAILED":  # no more restarts by itself: the operator's move
-                lines.append(f"  (fix the cause, then: dynamo-launch restart {p['name']})")
+                lines.append(clean(f"  (fix the cause, then: dynamo-launch restart {p['name']})"))
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,43 @@
 """Every inventory key the loader accepts, found by watching it read one inventory that has every
-section: the inventory tests compare it with docs/inventory.md, the fuzz tests mutate with it."""
+section: the inventory tests compare it with docs/inventory.md, the fuzz tests mutate with it.
+Also the smallest inventory around one command (:func:`one_process`), for the rendering tests."""
 
 from __future__ import annotations
 
+import json
+import textwrap
 from typing import Any
 
 from dynamo_launch import reader as reader_module
 from dynamo_launch.inventory import parse
 
-__all__ = ["EVERY_SECTION", "accepted_keys"]
+__all__ = ["EVERY_SECTION", "accepted_keys", "one_process"]
+
+
+def one_process(command: list[str], env: str = "", extra: str = "") -> str:
+    """An inventory of one host ``a`` running process ``p`` = ``command``; ``env`` lines go in
+    ``[env]``, ``extra`` lines after the process table (its sub-tables, other sections)."""
+    return textwrap.dedent(
+        f"""
+        [cluster]
+        name = "t"
+        head = "a"
+        state_dir = "/srv/dl"
+
+        [env]
+        {env}
+
+        [[hosts]]
+        name = "a"
+        address = "10.0.0.1"
+
+        [[processes]]
+        name = "p"
+        host = "a"
+        command = {json.dumps(command)}
+        {extra}
+        """
+    )
 
 EVERY_SECTION = """
 [cluster]

@@ -317,7 +317,8 @@ class Daemon:
         assert self.runner is not None
         self._stopped = asyncio.get_running_loop().create_future()
         if control:
-            self._control = ControlServer(socket_path(self.plan.cluster), functools.partial(handle, self))
+            self._control = ControlServer(socket_path(self.plan.cluster), functools.partial(handle, self),
+                                          on_error=lambda m: self._log.error("control request failed", error=m))
             await self._control.start()
             await self._start_metrics()
         settle = asyncio.create_task(self._settled(), name="bring-up")

@@ -3,17 +3,21 @@
 Secrets are never values here: a ``${VAR}`` reference renders as
 ``NAME="$VAR"`` and a ``file:`` reference as ``NAME="$(cat PATH)"`` — the
 command stays pasteable while the secret itself never appears.
+
+Every field is escaped as it is printed (:mod:`dynamo_launch.printable`): a comment line shows a
+control character as ``\\x1b`` / ``\\n``, a shell word with one is ANSI-C quoted (``$'a\\nb'``), so
+no value can end a ``#`` comment, add a command to the pasted text or reach the terminal raw.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import shlex
 from dataclasses import fields, is_dataclass
 from typing import Any
 
 from ..model import SecretRef
+from ..printable import clean, shell_quote
 from .spec import Env, Plan, ProcessSpec
 
 __all__ = ["command_text", "count", "env_text", "to_json", "to_text"]
@@ -25,14 +29,14 @@ def env_text(env: Env) -> str:
     """``NAME=value`` with the value quoted for a POSIX shell, secrets by reference."""
     value = env.value
     if isinstance(value, SecretRef):
-        shown = f'"${value.ref}"' if value.kind == "env" else f'"$(cat {shlex.quote(value.ref)})"'
+        shown = f'"${value.ref}"' if value.kind == "env" else f'"$(cat {shell_quote(value.ref)})"'
         return f"{env.name}={shown}"
-    return f"{env.name}={shlex.quote(value)}"
+    return f"{env.name}={shell_quote(value)}"
 
 
 def command_text(proc: ProcessSpec) -> str:
     """The process as one pasteable shell command (env prefix, then argv)."""
-    words = [env_text(e) for e in proc.env] + [shlex.quote(a) for a in proc.argv]
+    words = [env_text(e) for e in proc.env] + [shell_quote(a) for a in proc.argv]
     flat = " ".join(words)
     if len(flat) <= _WIDTH:
         return flat
@@ -48,11 +52,11 @@ def _argv_lines(argv: tuple[str, ...]) -> list[str]:
     for arg in argv:
         flag = arg.startswith("-")
         if lines and kinds[-1] == "program" and (arg == "-m" or not flag):
-            lines[-1].append(shlex.quote(arg))  # `python3 -m dynamo.vllm`, `ray start`
+            lines[-1].append(shell_quote(arg))  # `python3 -m dynamo.vllm`, `ray start`
         elif lines and not flag and kinds[-1] == "flag" and len(lines[-1]) == 1:
-            lines[-1].append(shlex.quote(arg))  # the flag's value
+            lines[-1].append(shell_quote(arg))  # the flag's value
         else:
-            lines.append([shlex.quote(arg)])
+            lines.append([shell_quote(arg)])
             kinds.append("flag" if flag else "program")
     return [" ".join(lines[0])] + ["  " + " ".join(words) for words in lines[1:]]
 
@@ -65,24 +69,24 @@ def count(n: int, noun: str) -> str:
 def to_text(plan: Plan) -> str:
     """Per host, in start order, each process's conditions and exact command line."""
     order = {p.name: i for i, p in enumerate(plan.processes, start=1)}
-    out = [
+    out = [clean(line) for line in (
         f"# dynamo-launch plan for cluster {plan.cluster!r}: {count(len(plan.hosts), 'host')}, "
         f"{count(len(plan.processes), 'process')}, {count(len(plan.gangs), 'gang')}",
         f"# NATS_SERVER={plan.nats_url}  ETCD_ENDPOINTS={plan.etcd_url}",
         "# [n] is the start order across the cluster; a process starts when all it waits for holds.",
-    ]
+    )]
     for gang in plan.gangs:
-        out.append(f"# gang {gang.name}: {', '.join(gang.members)} — restarted together")
+        out.append(clean(f"# gang {gang.name}: {', '.join(gang.members)} — restarted together"))
     for host in plan.hosts:
         procs = plan.on_host(host.name)
         how = "local" if host.local else f"ssh {host.ssh.user}@{host.address}:{host.ssh.port}"
-        out += ["", f"## {host.name} ({host.address}, {how}) — {count(len(procs), 'process')}"]
+        out += ["", clean(f"## {host.name} ({host.address}, {how}) — {count(len(procs), 'process')}")]
         if not procs:
             out.append("# nothing runs here (e.g. reached by the leader's mpirun)")
         for p in procs:
-            out += ["", *_describe(p, order[p.name])]
+            out += ["", *map(clean, _describe(p, order[p.name]))]
             if p.cwd != plan.work_dir:
-                out.append(f"cd {shlex.quote(p.cwd)}")
+                out.append(f"cd {shell_quote(p.cwd)}")
             out.append(command_text(p))
     return "\n".join(out) + "\n"
 

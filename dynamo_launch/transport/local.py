@@ -1,4 +1,11 @@
-"""Local transport: the head node itself, through asyncio subprocesses (argv, never a shell)."""
+"""Local transport: the head node itself, through asyncio subprocesses (argv, never a shell).
+
+What it starts (the node agent, and through it every process of a ``local = true`` head) gets
+the same kind of environment a process on an SSH host gets from its login: :func:`base_env`,
+the basics of a session (``PATH``, ``HOME``, locale…) taken from the daemon's environment, plus
+what the call names — never the rest of the daemon's environment, which holds the secrets the
+inventory refers to (``${VAR}``) and whatever else its operator or systemd set.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,18 @@ from ..errors import CommandTimeout, TransportError
 from ..plan.spec import PlanHost
 from .base import Channel, Completed, LineChannel, StderrTail, Transport, check_argv, check_env, decode_line
 
-__all__ = ["LocalTransport"]
+__all__ = ["BASE_ENV", "BASE_ENV_PREFIXES", "LocalTransport", "base_env"]
+
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+"""Variables of the daemon's environment every local child gets (what sshd and a login give on an SSH host)."""
+BASE_ENV_PREFIXES = ("LC_", "DYNAMO_AGENT_", "DYNAMO_LAUNCH_")
+"""Prefixes kept too: the locale, and the agent's own settings (``DYNAMO_AGENT_CGROUP``…; see docs/internals.md)."""
+
+
+def base_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of ``environ`` (default: this process's) that a local child inherits."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in BASE_ENV or k.startswith(BASE_ENV_PREFIXES)}
 
 _LINE_LIMIT = 64 * 1024 * 1024  # agent responses (`list`, `exec`) can be long lines
 
@@ -101,7 +119,7 @@ class LocalTransport(Transport):
                 stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **extra} if extra else None,
+                env={**base_env(), **extra},
                 start_new_session=True,
             )
         except (FileNotFoundError, NotADirectoryError) as e:  # what a shell reports as 127
@@ -159,7 +177,7 @@ class LocalTransport(Transport):
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **extra} if extra else None,
+                env={**base_env(), **extra},
                 start_new_session=True,
                 limit=_LINE_LIMIT,
             )

@@ -549,3 +549,138 @@ backoff_initial = 0.2
         await h.down()
 
     arun(go())
+
+# --- hostile clients and environments (issue 14, items 5 and 7) -----------------------------------
+
+
+def _fuzz_requests(n: int, seed: int, names: set[str]) -> list[bytes]:
+    """``n`` request lines: garbage, wrong shapes, and real ops with wrong or random arguments.
+    Never a request that would act (a valid ``down``, a ``restart`` of a real name, a ``reload``
+    of the inventory in use)."""
+    import random
+
+    rng = random.Random(seed)
+    scalars = [None, True, False, 0, -1, 1 << 70, 1e999, -1e999, 3.5, "", "status", "\x1b[2J", "a\nb", "é" * 5, []]
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth < 4 and pick < 0.15:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        if depth < 4 and pick < 0.3:
+            keys = ["op", "since", "name", "x", "target"]
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 3))}
+        if pick < 0.5:
+            return "".join(chr(rng.randint(0, 0x3000)) for _ in range(rng.randint(0, 12))).replace("\ud800", "")
+        return rng.choice(scalars)
+
+    ops = ["status", "restart", "events", "logs", "diff", "reload", "down", "bogus", "", "STATUS", "status "]
+    keys = ["target", "since", "name", "lines", "offset", "max_bytes", "path", "junk"]
+    valid = {"restart": ["target"], "events": ["since"], "logs": ["name", "lines", "offset", "max_bytes"],
+             "diff": ["path"], "reload": ["path"], "status": [], "down": []}
+    out: list[bytes] = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.15:
+            out.append(bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 40))).replace(b"\n", b"") + b"\n")
+            continue
+        if kind < 0.3:
+            req = value()
+        else:
+            req = {"op": rng.choice(ops)}
+            pool = valid.get(req["op"], keys) if rng.random() < 0.8 else keys
+            for key in rng.sample(pool, rng.randint(0, min(3, len(pool)))):
+                req[key] = value() if rng.random() < 0.7 else rng.choice([0, 5, -5, 1 << 21, "web", "t"])
+            if req["op"] == "down" and len(req) == 1:
+                req["junk"] = 1  # a valid `down` would stop the daemon
+            if req["op"] == "restart" and isinstance(req.get("target"), str) and req["target"] in names:
+                req["target"] = "not-" + req["target"]
+            if req["op"] in ("reload", "diff") and not isinstance(req.get("path"), str):
+                req["path"] = rng.choice([0, None, "/nonexistent/x.toml", "", "relative.toml"])
+        try:
+            out.append(json.dumps(req, allow_nan=True).encode() + b"\n")
+        except (TypeError, ValueError):
+            out.append(b"{}\n")
+    return out
+
+
+def _exchange(path: str, line: bytes) -> dict:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(path)
+        s.sendall(line)
+        reply = s.makefile("rb").readline()
+    return json.loads(reply)
+
+
+def test_control_socket_fuzzer_every_request_answered_and_the_daemon_unharmed(harness, monkeypatch, tmp_path,
+                                                                              capsys):
+    from dynamo_launch import control
+
+    monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(tmp_path / "run"))
+    h = harness(standin_process("web", free_port(), host="local", bind="127.0.0.1"))
+    requests = _fuzz_requests(3000, seed=14, names={"web", "t"})
+    issue = [b'"status"\n', b"[]\n", b"null\n", b"1e999\n", b"[" * 40000 + b"\n", b"\xff\xfe\n",
+             b'{"op": "events", "since": 1e999}\n', b'{"op": "logs", "name": ["web"]}\n',
+             b'{"op": "restart", "target": null}\n', b'{"op": "down", "now": true}\n']
+
+    async def go():
+        d = await h.up()
+        h.serving.cancel()  # serve again, with the control socket
+        with contextlib.suppress(asyncio.CancelledError):
+            await h.serving
+        h.serving = asyncio.create_task(d.serve(control=True))
+        await h.until(h.all_up)
+        pid = h.proc("web").machine.pid
+        path = control.socket_path("t")
+        for _ in range(100):
+            if os.path.exists(path):
+                break
+            await asyncio.sleep(0.05)
+        replies = await asyncio.to_thread(lambda: [_exchange(path, line) for line in issue + requests])
+        after = await asyncio.to_thread(control.request, path, "status")
+        still = (h.state("web"), h.proc("web").machine.pid == pid)
+        await h.down()
+        return replies, after, still
+
+    replies, after, still = arun(go(), timeout=240)
+    assert all(isinstance(r, dict) and isinstance(r.get("ok"), bool) for r in replies)
+    errors = [r["error"] for r in replies if not r["ok"]]
+    assert all(isinstance(e, str) and e for e in errors)
+    assert not [e for e in errors if e.startswith("internal error")], [e for e in errors if "internal" in e][:3]
+    assert all(not r["ok"] and r["error"].startswith("bad request: ") for r in replies[:len(issue)]), replies[:10]
+    assert any(r["ok"] for r in replies)  # real ops with acceptable arguments were served too
+    assert after["processes"][0]["name"] == "web" and still == (State.READY, True)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err and "control request failed" not in out.out + out.err
+
+
+def test_a_local_process_gets_the_inventory_env_and_a_minimal_base_not_the_daemons(harness, monkeypatch, tmp_path):
+    other = "daemon-only-" + os.urandom(6).hex()
+    monkeypatch.setenv("DL_DAEMON_ONLY_SECRET", other)  # e.g. a credential of the operator's shell
+    monkeypatch.setenv("DL_NAMED_SECRET", "named-" + os.urandom(4).hex())
+    monkeypatch.setenv("LC_TIME", "C")
+    h = harness(standin_process("env", free_port(), host="local", bind="127.0.0.1")
+                .replace("[processes.restart]", 'env = { GIVEN = "${DL_NAMED_SECRET}", PLAIN = "p" }\n'
+                                                "[processes.restart]", 1))
+
+    async def go():
+        await h.up()
+        await h.until(h.all_up)
+        with open(f"/proc/{h.proc('env').machine.pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        await h.down()
+        return {k.decode(): v.decode() for k, v in env.items()}
+
+    env = arun(go())
+    assert other not in json.dumps(env) and "DL_DAEMON_ONLY_SECRET" not in env and "DL_NAMED_SECRET" not in env
+    assert env["GIVEN"] == os.environ["DL_NAMED_SECRET"] and env["PLAIN"] == "p"  # what the inventory names
+    assert env["PATH"] and env["LC_TIME"] == "C" and env.get("HOME") == os.environ.get("HOME")  # the base
+    from dynamo_launch.transport.local import BASE_ENV, BASE_ENV_PREFIXES
+
+    launcher = {"DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION"}
+    unexpected = {k for k in env if k not in BASE_ENV and not k.startswith(BASE_ENV_PREFIXES)
+                  and k not in launcher and k not in ("GIVEN", "PLAIN")}
+    planned = {e.name for e in h.plan.process("env").env}
+    assert unexpected <= planned, unexpected - planned

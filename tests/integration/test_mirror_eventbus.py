@@ -518,3 +518,36 @@ def test_subject_rejects_unsafe_cluster_names():
     for bad in ("a.b", "a b", "*", ">", ""):
         with pytest.raises(ValueError):
             subject_for(bad)
+
+
+# --- what an attacker on the cluster network can write (issue 14, item 3) ----------------------------
+
+
+def test_status_etcd_of_a_forged_status_prints_no_control_characters(etcd_endpoint):
+    """Anyone who can write to etcd can forge the mirrored status: `status --etcd` shows it escaped,
+    never raw (no screen clearing, no title setting, no fake extra lines)."""
+    import re
+
+    from click.testing import CliRunner
+
+    from dynamo_launch.cli import main
+
+    evil = "\x1b[2J\x1b]0;owned\x07\nFAKE LINE\r\x9b31m\u202e"
+    snap = make_snapshot(1)
+    snap["processes"][0].update(name="p" + evil, health="ok" + evil, reason=evil)
+    snap["hosts"][1].update(up=False, error="gone" + evil)
+    snap["launch_id"] = "l" + evil
+
+    async def forge() -> None:
+        client = EtcdClient(etcd_endpoint)
+        try:
+            await client.put(f"/dynamo-launch/{CLUSTER}/status", json.dumps(snap))
+        finally:
+            await client.close()
+
+    arun(forge())
+    result = CliRunner().invoke(main, ["status", "--etcd", etcd_endpoint, "--cluster", CLUSTER])
+    assert result.exit_code == 0, result.output
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", result.output)
+    assert "\\x1b[2J" in result.output and "\\nFAKE LINE" in result.output  # shown, escaped
+    assert not any(line.startswith("FAKE LINE") for line in result.output.splitlines())

@@ -327,6 +327,8 @@ def test_strange_keys_are_quoted_on_one_line() -> None:
 def test_strange_names_stay_on_one_line() -> None:
     text = HEAD.replace('head = "node1"', 'head = "a\\nb"').replace("gpus = 8\n\n[[hosts]]", "gpus = 8\nlocal = true\n\n[[hosts]]")
     assert problems(text) == [
+        "inv.toml:3: cluster.head: contains a control character (\\n at position 1): names, paths, commands and "
+        "arguments must be printable text (multi-line text goes in a file: give its path)",
         "inv.toml:3: cluster.head: unknown host 'a\\nb'; hosts are node1, node2",
         "inv.toml:10: hosts[0].local: only the head ('a\\nb') can be local: the daemon runs there",
     ]

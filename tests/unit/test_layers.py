@@ -16,7 +16,8 @@ PACKAGE = ROOT / "dynamo_launch"
 # Lowest first. A module may import modules of its own layer or of a lower one. Keep in step with
 # the table in docs/internals.md ("Layers").
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"", "errors", "tomlpos", "addresses", "retry", "versions", "agent"}),
+    ("foundation", {"", "errors", "tomlpos", "addresses", "retry", "versions", "printable", "secret_shapes",
+                    "agent"}),
     ("model", {"model", "reader"}),
     ("inventory", {"placement", "rules", "inventory"}),
     ("plan", {"plan"}),

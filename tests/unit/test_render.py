@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import textwrap
 
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.plan.render import command_text, to_json, to_text
+from tests.inventory_keys import one_process
 
 HOSTILE = ["; rm -rf /", "$(touch /tmp/pwned)", "it's", 'say "hi"', "a b  c", "`id`", "\\n", "*"]
-
-
-def _inventory(command: list[str], env: str = "") -> str:
-    return textwrap.dedent(
-        f"""
-        [cluster]
-        name = "t"
-        head = "a"
-        state_dir = "/srv/dl"
-
-        [env]
-        {env}
-
-        [[hosts]]
-        name = "a"
-        address = "10.0.0.1"
-
-        [[processes]]
-        name = "p"
-        host = "a"
-        command = {json.dumps(command)}
-        """
-    )
 
 
 def _shell_words(text: str) -> list[str]:
@@ -42,7 +19,7 @@ def _shell_words(text: str) -> list[str]:
 
 def test_hostile_argv_round_trips_through_the_rendered_command() -> None:
     argv = ["/bin/echo", *HOSTILE, "--flag", "--opt=$(x)"]
-    plan = build(parse(_inventory(argv), "t.toml"))
+    plan = build(parse(one_process(argv), "t.toml"))
     proc = plan.process("p")
     assert proc.argv == tuple(argv)  # a list end to end: no shell string was ever built
     assert _shell_words(command_text(proc)) == argv
@@ -50,7 +27,7 @@ def test_hostile_argv_round_trips_through_the_rendered_command() -> None:
 
 def test_secret_references_render_as_references_only() -> None:
     env = 'HF_TOKEN = "${HF_TOKEN}"\nNGC_API_KEY = "file:/etc/keys/ngc key"\nPLAIN = "v a l"'
-    plan = build(parse(_inventory(["run"], env), "t.toml"))
+    plan = build(parse(one_process(["run"], env), "t.toml"))
     text, js = to_text(plan), to_json(plan)
     words = _shell_words(command_text(plan.process("p")))
     assert words[:3] == ["HF_TOKEN=$HF_TOKEN", "NGC_API_KEY=$(cat '/etc/keys/ngc key')", "PLAIN=v a l"]
@@ -62,13 +39,13 @@ def test_secret_references_render_as_references_only() -> None:
 
 
 def test_text_lists_hosts_in_inventory_order_and_processes_in_start_order() -> None:
-    plan = build(parse(_inventory(["run"]) + '\n[frontend]\n', "t.toml"))
+    plan = build(parse(one_process(["run"]) + '\n[frontend]\n', "t.toml"))
     text = to_text(plan)
     assert text.index("[1] nats") < text.index("[2] etcd") < text.index("[3] frontend") < text.index("[4] p")
 
 
 def test_json_is_complete_enough_to_rebuild_every_command() -> None:
-    plan = build(parse(_inventory(["a", "b c"]), "t.toml"))
+    plan = build(parse(one_process(["a", "b c"]), "t.toml"))
     data = json.loads(to_json(plan))
     assert [p["name"] for p in data["processes"]] == [p.name for p in plan.processes]
     assert data["processes"][-1]["argv"] == ["a", "b c"]
