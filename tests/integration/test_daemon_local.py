@@ -525,7 +525,7 @@ def test_up_on_a_full_state_disk_starts_nothing_and_says_so_in_one_line(harness)
 
 def test_a_failed_process_s_status_row_tells_why_in_its_own_words_without_its_secrets(harness, monkeypatch):
     monkeypatch.setenv("DL_TEST_TOKEN", "tok-0123456789")
-    script = ("import os, sys; print('loading with', os.environ['TOKEN']); "
+    script = ("import os, sys; print('loading with', os.environ['TOKEN'], flush=True); "
               "print(\"ModuleNotFoundError: No module named 'dynamo'\", file=sys.stderr); sys.exit(1)")
     h = harness(f'''
 [[processes]]

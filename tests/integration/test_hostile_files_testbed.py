@@ -131,8 +131,9 @@ def test_a_planted_record_of_a_live_process_is_ignored_and_that_process_never_si
 def test_logs_are_0640_in_0750_directories_and_processes_run_in_a_private_work_dir(cluster, bed):
     (port,) = ports(1)
     marker = f"/tmp/dl-imported-{os.getpid()}"
-    probe = ("import time\ntry:\n    import dl_planted\nexcept ImportError:\n    pass\n"
-             "print('probe up', flush=True)\ntime.sleep(3600)\n")
+    # one line: validate refuses control characters (newlines included) in a command
+    probe = ("import importlib.util, time; importlib.util.find_spec('dl_planted') and __import__('dl_planted'); "
+             "print('probe up', flush=True); time.sleep(3600)")
     c = cluster(standin_process("web", port, hosts=["h1", "h2", "h3"])
                 + f'\n[[processes]]\nname = "probe"\nhost = "h2"\ncommand = {json.dumps([PY, "-c", probe])}\n')
     # A module in the state directory, the old default cwd (`python -c`/`-m` put the cwd first on sys.path).
