@@ -94,9 +94,13 @@ def _load(path: str) -> tuple[Inventory, Plan]:
     try:
         return load_plan(path)
     except InventoryError as e:
+        n = len(e.problems)
+        if _json_logs:
+            for problem in e.problems:
+                _log().error(str(problem))
+            _fail(f"{path}: {n} problem{'s' if n != 1 else ''}")
         for problem in e.problems:
             click.echo(str(problem), err=True)
-        n = len(e.problems)
         click.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
         sys.exit(1)
     except DynamoLaunchError as e:
@@ -116,12 +120,18 @@ CLUSTER = click.option("--cluster", "-c", default=None, metavar="NAME",
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust hosts whose key is not in known_hosts yet (and record it). A changed key is always refused.")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
-              help="auto: human-readable on a terminal, JSON lines otherwise (journald).")
+              help="auto: human-readable on a terminal, JSON lines otherwise (journald). In JSON every line is JSON, "
+                   "the preflight checks included.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="The least level logged (default info; -v is debug, -q is warning).")
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.option("--require-all-hosts", is_flag=True,
               help="Resuming a cluster, refuse (start nothing) when a host does not answer, instead of supervising "
                    "the others and that host's processes as UNKNOWN until it answers. A first bring-up always "
                    "needs every host.")
-def up(inventory: str, accept_new_host_keys: bool, log_format: str, require_all_hosts: bool) -> None:
+def up(inventory: str, accept_new_host_keys: bool, log_format: str, log_level: str | None, verbose: bool, quiet: bool,
+       require_all_hosts: bool) -> None:
     """Start the cluster of INVENTORY and supervise it until SIGTERM/SIGINT (then stop it all).
 
     Preflight checks every host first; a failure starts nothing. If processes of this
@@ -130,14 +140,13 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str, require_all_
     """
     import asyncio
 
-    from . import logs
     from .daemon import Daemon
     from .sdnotify import Notifier
 
     notifier = Notifier()  # first: it takes systemd's variables out of the environment children inherit
     _activate_own_environment()
+    _configure_logs(None if log_format == "auto" else log_format == "json", log_level, verbose, quiet)
     inv, plan = _load(inventory)
-    logs.configure(json_output=None if log_format == "auto" else log_format == "json")
     daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier,
                     require_all_hosts=require_all_hosts)
 
@@ -174,7 +183,6 @@ def down(inventory: str, timeout: float) -> None:
     """
     import asyncio
 
-    from . import logs
     from .daemon import Daemon
 
     inv, plan = _load(inventory)
@@ -184,7 +192,7 @@ def down(inventory: str, timeout: float) -> None:
             result = control.request(control.socket_path(plan.cluster), "down", timeout=timeout)
             stopped, unknown, leftovers = result["stopped"], result["unknown"], result["leftovers"]
         except NoDaemon:
-            logs.configure(json_output=None)
+            _configure_logs(None, None, False, False)
             report = asyncio.run(_down_directly(Daemon(plan, inv, inventory)))
             stopped, unknown, leftovers = report.stopped, report.unknown, report.leftovers
             control.remove_stale(control.socket_path(plan.cluster))  # a crashed daemon's
@@ -426,7 +434,32 @@ def _activate_own_environment() -> None:
         os.environ["PATH"] = own + (os.pathsep + path if path else "")
 
 
+_json_logs = False  # set by _configure_logs: then even what the CLI reports is a JSON log line
+
+
+def _configure_logs(json_output: bool | None, level: str | None, verbose: bool, quiet: bool) -> None:
+    from . import logs
+
+    global _json_logs
+    if verbose and quiet:
+        _fail("-v and -q say opposite things: give one")
+    level = level or ("debug" if verbose else "warning" if quiet else "info")
+    _json_logs = json_output if json_output is not None else not sys.stderr.isatty()
+    logs.configure(json_output=_json_logs, level=level)
+
+
+def _log() -> Any:
+    import structlog
+
+    return structlog.get_logger("dynamo_launch.cli")
+
+
 def _show_checks(checks: list[Check]) -> None:
+    if _json_logs:  # one event per check: `jq 'select(.event == "preflight")'`
+        for c in checks:
+            {"fail": _log().error, "warn": _log().warning}.get(c.status, _log().info)(
+                "preflight", host=c.host, check=c.name, result=c.status.upper(), detail=c.detail)
+        return
     rows = [("HOST", "CHECK", "RESULT", "DETAIL")]
     rows += [(clean(c.host), clean(c.name), clean(c.status.upper()), clean(c.detail)) for c in checks]  # from nodes
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -438,6 +471,10 @@ def _show_checks(checks: list[Check]) -> None:
 def _report_stop(stopped: list[str], unknown: list[str], leftovers: dict) -> None:
     from .plan.render import count
 
+    if _json_logs:
+        (_log().warning if unknown or leftovers else _log().info)(
+            "stopped", processes=len(stopped), unknown=unknown, leftovers=leftovers)
+        return
     click.echo(f"stopped {count(len(stopped), 'process')}", err=True)
     if unknown:
         click.echo(clean(f"could not verify (host unreachable): {', '.join(map(str, unknown))}; run `down` again once "
@@ -447,6 +484,9 @@ def _report_stop(stopped: list[str], unknown: list[str], leftovers: dict) -> Non
 
 
 def _fail(message: str):
+    if _json_logs:
+        _log().error(message)
+        sys.exit(1)
     click.echo(clean(f"error: {message}"), err=True)  # messages carry what nodes, etcd and NATS said
     sys.exit(1)
 

@@ -24,7 +24,7 @@ from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.status import render
 from dynamo_launch.supervisor import GangState, State
-from tests.daemon_harness import PY, free_port, kill_launch, local_inventory, scan_launch, standin_process
+from tests.daemon_harness import PY, free_port, kill_launch, local_inventory, scan_launch, standin_process, wait_until
 
 
 class Harness:
@@ -684,3 +684,36 @@ def test_a_local_process_gets_the_inventory_env_and_a_minimal_base_not_the_daemo
                   and k not in launcher and k not in ("GIVEN", "PLAIN")}
     planned = {e.name for e in h.plan.process("env").env}
     assert unexpected <= planned, unexpected - planned
+
+
+def test_up_with_json_logs_writes_nothing_but_json_lines_preflight_and_stop_included(harness):
+    from dynamo_launch import control
+
+    port = free_port()
+    h = harness(standin_process("web", port, host="local", bind="127.0.0.1"))
+    run_dir = h.tmp / "run"
+    env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(run_dir)}
+    with open(h.tmp / "up.log", "wb") as err:
+        up = subprocess.Popen([PY, "-m", "dynamo_launch.cli", "up", "--log-format", "json", str(h.path)],
+                              stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        sock = str(run_dir / "t.sock")
+
+        def ready() -> bool:
+            try:
+                return all(p["state"] == "READY" for p in control.request(sock, "status", timeout=2)["processes"])
+            except control.ControlError:
+                return False
+
+        assert wait_until(ready, 30), (h.tmp / "up.log").read_text()
+        h.launch_ids.add(control.request(sock, "status", timeout=2)["launch_id"])
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+    lines = [json.loads(x) for x in (h.tmp / "up.log").read_text().splitlines()]  # every line is JSON
+    checks = {(x["host"], x["check"]): x["result"] for x in lines if x["event"] == "preflight"}
+    assert checks[("local", "reach")] == "OK", checks
+    assert [x for x in lines if x["event"] == "stopped" and x.get("processes") == 1]
