@@ -512,7 +512,7 @@ def test_up_on_a_full_state_disk_starts_nothing_and_says_so_in_one_line(harness)
     h = harness(standin_process("web", port, host="local", bind="127.0.0.1"))
     with small_disk(h.tmp / "state"):
         fill(h.tmp / "state")
-        r = subprocess.run([PY, "-m", "dynamo_launch.cli", "up", str(h.path)], capture_output=True,
+        r = subprocess.run([PY, "-m", "dynamo_launch.cli", "up", "--log-format", "console", str(h.path)], capture_output=True,
                            text=True, timeout=60, env={**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(h.tmp / "run")})
         assert r.returncode == 1, (r.returncode, r.stderr)
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
