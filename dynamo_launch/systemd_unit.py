@@ -109,8 +109,21 @@ StateDirectoryMode=0700
 # shares this directory and stopping one must not remove the others' sockets.
 RuntimeDirectory=dynamo-launch
 RuntimeDirectoryPreserve=yes
-# Hardening that the head's workers can live with (they run in this sandbox too):
+# Hardening that the head's workers can live with (they run in this sandbox too); docs/systemd.md
+# says what each remaining exposure is for.
 NoNewPrivileges=yes
+ProtectHostname=yes
+LockPersonality=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+SystemCallArchitectures=native
+# Logs, records and state are 0600/0640 anyway; nothing this unit creates is world-readable.
+UMask=0027
+# Powers no launcher or engine uses (module loading and mknod stay: nvidia-modprobe needs them).
+CapabilityBoundingSet=~CAP_SYS_BOOT CAP_SYS_TIME CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_LEASE CAP_AUDIT_CONTROL CAP_AUDIT_READ CAP_AUDIT_WRITE CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_SYSLOG CAP_SYS_PACCT CAP_LINUX_IMMUTABLE
+# Refused with EPERM, never a kill: a worker that probes one of these must not die of it.
+SystemCallFilter=~@reboot @swap @obsolete @clock @cpu-emulation
+SystemCallErrorNumber=EPERM
 # full, not strict: state_dir, NATS/etcd data and model caches may be anywhere.
 ProtectSystem=full
 # Writable: accept-new host keys go to ~/.ssh/known_hosts, models to ~/.cache/huggingface.
@@ -119,8 +132,12 @@ ProtectHome=no
 PrivateTmp=no
 # Not set on purpose: PrivateDevices=, DevicePolicy=, ProtectClock=, ProtectKernelLogs= (device
 # allow-lists hide /dev/nvidia* and /dev/infiniband), ProtectKernelModules= (nvidia-modprobe
-# loads nvidia_uvm at first CUDA use), MemoryDenyWriteExecute= (Triton/torch JIT),
-# SystemCallFilter= and RestrictNamespaces= (Ray, containers).
+# loads nvidia_uvm at first CUDA use), ProtectKernelTunables= and ProtectControlGroups= (the
+# agent contains each process in a cgroup of its own; NCCL reads and GPU tools write /sys),
+# MemoryDenyWriteExecute= (Triton/torch JIT), RestrictNamespaces= and @mount/@privileged system
+# calls (Ray, containers), @debug (py-spy and gdb on a hung worker), RestrictAddressFamilies=
+# (RDMA's AF_IB and netlink), PrivateNetwork=/IPAddressDeny= (it talks to the cluster),
+# PrivateUsers= (it SSHes as root), PrivateMounts= (model mounts made later must be seen).
 
 [Install]
 WantedBy=multi-user.target

@@ -181,14 +181,12 @@ def test_an_external_endpoint_that_does_not_answer_fails_preflight_and_starts_no
     c = infra_cluster(dynamo_standin("web", web, hosts=["h2", "h3"]), infra)
     r = c.cli("up", str(c.path), "--log-format", "json", timeout=90)
     assert r.returncode == 1, r.stderr
-    lines = r.stderr.splitlines()
-    nats_line = next(line for line in lines if " nats " in line and "FAIL" in line)
-    assert f"external nats does not answer from h1: nats://{head}:{dead_nats}" in nats_line, r.stderr
-    assert "Connection refused" in nats_line and "needed by web-h2, web-h3" in nats_line
-    etcd_line = next(line for line in lines if " etcd " in line and "FAIL" in line)
-    assert f"http://{head}:{dead_etcd}" in etcd_line, r.stderr
-    assert "nothing was started" in r.stderr
-    print("\n".join(line for line in lines if line.startswith("  ")))  # the preflight table
+    events = [json.loads(line) for line in r.stderr.splitlines()]  # every line JSON, the checks included
+    failed = {x["check"]: x["detail"] for x in events if x["event"] == "preflight" and x["result"] == "FAIL"}
+    assert f"external nats does not answer from h1: nats://{head}:{dead_nats}" in failed["nats"], r.stderr
+    assert "Connection refused" in failed["nats"] and "needed by web-h2, web-h3" in failed["nats"]
+    assert f"http://{head}:{dead_etcd}" in failed["etcd"], r.stderr
+    assert "nothing was started" in events[-1]["event"] and events[-1]["level"] == "error"
     for h in ("h1", "h2", "h3"):  # no stand-in, no record, no server anywhere
         ps = bed.exec(h, ["sh", "-c", f"ls {c.state_dir}/run 2>/dev/null; pgrep -f '[s]tandin.py --port {web}' || true"],
                       capture_output=True, text=True, timeout=10)
