@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,11 +80,21 @@ class TLS:
         return "TLS(...)"
 
 
+def _aetcd() -> Any:
+    """``aetcd``, imported on first use: grpc is heavy, and `status` without --etcd must not pay for it."""
+    # gRPC's C core logs a failed TLS handshake to stderr itself (read when grpc loads); the
+    # MirrorError says it in one line
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    import aetcd
+
+    return aetcd
+
+
 def _tls_client_class() -> Any:
     """``aetcd.Client`` over a TLS channel: aetcd itself opens only ``grpc.aio.insecure_channel``
     (aetcd 1.0 has no TLS option), so this subclass opens a ``secure_channel`` instead; the rest
     of its ``connect`` (authenticate, stubs, watcher) is aetcd's, unchanged."""
-    import aetcd
+    aetcd = _aetcd()
     import grpc
     from aetcd import rpc, watcher
 
@@ -130,6 +141,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def _unavailable_reason(details: str) -> str:
     """gRPC's UNAVAILABLE details, shortened: "…: Failed to connect to remote host: Connection refused" → the end."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "TLS: its certificate is not signed by the CA given (ETCD_AUTH_CA, --etcd-ca, etcd.ca)"
+    if "Tls handshake failed" in details or "WRONG_VERSION_NUMBER" in details:
+        return "TLS handshake failed (http:// for an https:// etcd, or the reverse?)"
     marker = "Failed to connect to remote host: "
     if marker in details:
         return _one_line(details.rsplit(marker, 1)[1])
@@ -173,7 +188,7 @@ class EtcdClient:
     # -- plumbing -----------------------------------------------------------------------------------------
 
     def _new_client(self) -> Any:
-        import aetcd  # lazy: grpc is heavy, and `status` without --etcd must not pay for it
+        aetcd = _aetcd()
 
         host, port = self._targets[self._index]
         # Reconnect quickly once etcd is back (gRPC's default backoff grows to 2 minutes).
@@ -194,7 +209,7 @@ class EtcdClient:
 
     async def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)`` (a coroutine); translate every aetcd/gRPC error into MirrorError."""
-        import aetcd
+        aetcd = _aetcd()
 
         reasons: list[tuple[str, str]] = []
         for _ in range(len(self._targets)):
