@@ -9,9 +9,8 @@ import ssl
 import pytest
 
 from dynamo_launch import certs, credentials
-from dynamo_launch.errors import InventoryError, SecretError
+from dynamo_launch.errors import InventoryError, MirrorError, SecretError
 from dynamo_launch.etcd import EtcdClient
-from dynamo_launch.errors import MirrorError
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 
@@ -60,7 +59,7 @@ def test_tls_keys_are_validated_with_located_one_line_errors(extra, message):
     assert message in text and "inv.toml:" in text
 
 
-def test_the_plan_points_every_client_at_tls_and_ships_only_references(tmp_path):
+def test_the_plan_points_every_client_at_tls_and_ships_only_references():
     inv = parse(BASE.format(state="/srv/dl") + "[nats]\ntls = true\n[etcd]\ntls = true\n", "inv.toml")
     plan = build(inv)
     assert (plan.nats_url, plan.etcd_url) == ("tls://10.0.0.1:4222", "https://10.0.0.1:2379")
