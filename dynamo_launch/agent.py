@@ -1295,6 +1295,7 @@ class Agent:
             if spec["cwd"] == os.path.join(self.state_dir, "work") and private_dir(spec["cwd"], 0o700,
                                                                                    "working directory"):
                 created.append(spec["cwd"])
+            self.write_tls_files(arg_files(req))
         except Unsafe as e:
             raise Refused("spawn-failed", "%s: %s" % (name, e))
         with self.name_lock(name):
@@ -1323,6 +1324,25 @@ class Agent:
         except OSError as e:
             raise Refused("spawn-failed", "%s: cannot make %s: %s" % (name, tmp, e.strerror or e))
         return tmp
+
+    def write_tls_files(self, files):
+        """Write the TLS files a process needs (CA, certificate, key: from the head's copies) into
+        ``<state_dir>/tls`` (0700), each 0600, replaced atomically: a file or symlink someone
+        planted there is never followed, and a process never reads a half-written file."""
+        if not files:
+            return
+        directory = os.path.join(self.state_dir, "tls")
+        private_dir(directory, 0o700, "TLS directory")
+        for name, content in sorted(files.items()):
+            path = os.path.join(directory, name)
+            tmp = "%s.tmp.%d.%d" % (path, os.getpid(), threading.get_ident())
+            fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, "TLS file")
+            try:
+                os.write(fd, content.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
 
     def start_shim(self, spec, timeout=30.0):
         """Start the detached shim through the fork server, or (without one) a fresh interpreter."""
@@ -1545,6 +1565,14 @@ def arg_env(req):
         if not k or "=" in k or "\0" in k or not isinstance(v, str) or "\0" in v:
             raise Refused("bad-request", "bad environment variable %r" % k)  # the name only, never the value
     return env
+
+
+def arg_files(req):
+    files = arg(req, "files", dict, {})
+    for k, v in files.items():
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", k) or not isinstance(v, str) or len(v) > 1 << 20:
+            raise Refused("bad-request", "bad TLS file name %r (a plain file name) or content" % k)
+    return files
 
 
 def arg_path(req, key, default):

@@ -216,7 +216,14 @@ async def _down_directly(daemon):
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws with --watch.")
 @click.option("--etcd", "etcd", default=None, metavar="ENDPOINTS",
               help="Read the status the daemon mirrors to etcd (from any node; needs --cluster).")
-def status(cluster: str | None, as_json: bool, watch: bool, interval: float, etcd: str | None) -> None:
+@click.option("--etcd-ca", envvar="ETCD_AUTH_CA", default=None, metavar="FILE",
+              help="CA certificate an https:// etcd's must chain to [env: ETCD_AUTH_CA].")
+@click.option("--etcd-cert", envvar="ETCD_AUTH_CLIENT_CERT", default=None, metavar="FILE",
+              help="Client certificate for an https:// etcd that asks for one [env: ETCD_AUTH_CLIENT_CERT].")
+@click.option("--etcd-key", envvar="ETCD_AUTH_CLIENT_KEY", default=None, metavar="FILE",
+              help="The client certificate's key [env: ETCD_AUTH_CLIENT_KEY].")
+def status(cluster: str | None, as_json: bool, watch: bool, interval: float, etcd: str | None,
+           etcd_ca: str | None, etcd_cert: str | None, etcd_key: str | None) -> None:
     """Every process of the running cluster: host, state, pid, uptime, restarts, generation, health.
 
     Exit status 3 when no daemon is running (or, with --etcd, none has published the cluster).
@@ -226,7 +233,7 @@ def status(cluster: str | None, as_json: bool, watch: bool, interval: float, etc
     if etcd and not cluster:
         _fail("--etcd needs --cluster NAME")
     while True:
-        snap = _from_etcd(etcd, cluster) if etcd else _ask(cluster, "status", timeout=5.0)
+        snap = _from_etcd(etcd, cluster, (etcd_ca, etcd_cert, etcd_key)) if etcd else _ask(cluster, "status", timeout=5.0)
         text = _json(snap) if as_json else render(snap)
         if watch:
             click.clear()
@@ -331,7 +338,8 @@ def _events_from_nats(url: str, cluster: str, line: Callable[[dict], str]) -> No
     from .eventbus import subscribe
 
     async def follow() -> None:
-        auth = {k: os.environ[k] for k in ("NATS_AUTH_TOKEN", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD")
+        auth = {k: os.environ[k] for k in ("NATS_AUTH_TOKEN", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD",
+                                           "NATS_TLS_CA_CERT_PATH", "NATS_TLS_CLIENT_CERT_PATH", "NATS_TLS_CLIENT_KEY_PATH")
                 if k in os.environ}
         async with subscribe(url, cluster, auth=auth) as stream:
             async for e in stream:
@@ -389,15 +397,23 @@ def install_systemd(inventory: str, dry_run: bool, unit_dir: str, conf_dir: str,
         sys.exit(1)
 
 
-def _from_etcd(endpoints: str, cluster: str) -> dict:
+def _from_etcd(endpoints: str, cluster: str, tls_files: tuple[str | None, str | None, str | None]) -> dict:
     import asyncio
 
+    from .etcd import TLS
     from .mirror import read_status
 
     # etcd with auth on (the launcher's own always is): the Dynamo user's credentials, as Dynamo reads them
     user, password = os.environ.get("ETCD_AUTH_USERNAME"), os.environ.get("ETCD_AUTH_PASSWORD")
+    pems = []
+    for path in tls_files:
+        try:
+            pems.append(None if not path else open(path, "rb").read())
+        except OSError as e:
+            _fail(f"cannot read {path}: {e.strerror or e}")
     try:
-        snap = asyncio.run(read_status(endpoints, cluster, auth=(user, password) if user and password else None))
+        snap = asyncio.run(read_status(endpoints, cluster, auth=(user, password) if user and password else None,
+                                       tls=TLS(*pems)))
     except NotPublished as e:
         click.echo(clean(f"error: {e}"), err=True)
         sys.exit(3)

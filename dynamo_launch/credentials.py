@@ -16,11 +16,12 @@ import stat
 from collections.abc import Mapping
 
 from .errors import SecretError
+from .etcd import TLS
 from .model import Inventory, SecretRef
 from .plan.spec import Env
 from .secrets import resolve
 
-__all__ = ["ensure", "etcd_client_auth", "generated_refs"]
+__all__ = ["check_private", "ensure", "ensure_dir", "etcd_client_auth", "etcd_client_tls", "generated_refs", "nats_client_ca"]
 
 
 def generated_refs(inv: Inventory) -> list[SecretRef]:
@@ -31,7 +32,8 @@ def generated_refs(inv: Inventory) -> list[SecretRef]:
     return list(dict.fromkeys(r for r in refs if r.kind == "generated"))
 
 
-def _check_private(path: str, st: os.stat_result, kind: str) -> None:
+def check_private(path: str, st: os.stat_result, kind: str) -> None:
+    """:class:`SecretError` unless ``st`` (of ``path``) is the daemon's user's and nobody else's."""
     if st.st_uid != os.geteuid():
         raise SecretError(f"{path}: owned by uid {st.st_uid}, not by the daemon's user (uid {os.geteuid()}): "
                           f"refusing a {kind} someone else may have planted")
@@ -40,7 +42,8 @@ def _check_private(path: str, st: os.stat_result, kind: str) -> None:
                           f"({'0700' if kind == 'directory' else '0600'})")
 
 
-def _ensure_dir(path: str) -> None:
+def ensure_dir(path: str) -> None:
+    """Make the credentials directory ``path`` (0700) or check the one there: a real directory, private, ours."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -50,7 +53,7 @@ def _ensure_dir(path: str) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise SecretError(f"{path}: not a directory (a symlink?): refusing to keep credentials there")
-    _check_private(path, st, "directory")
+    check_private(path, st, "directory")
 
 
 def _ensure_file(path: str) -> bool:
@@ -62,7 +65,7 @@ def _ensure_file(path: str) -> bool:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise SecretError(f"{path}: not a regular file (a symlink?): refusing it as a credential") from None
-        _check_private(path, st, "credential")
+        check_private(path, st, "credential")
         if st.st_size == 0:
             raise SecretError(f"{path}: empty; remove it and the cluster's etcd data dir to start over") from None
         return False
@@ -83,7 +86,7 @@ def ensure(inv: Inventory) -> list[str]:
     refs = generated_refs(inv)
     created = []
     for d in dict.fromkeys(os.path.dirname(r.ref) for r in refs):
-        _ensure_dir(d)
+        ensure_dir(d)
     for r in refs:
         if _ensure_file(r.ref):
             created.append(r.ref)
@@ -108,3 +111,19 @@ def etcd_client_auth(inv: Inventory, environ: Mapping[str, str] | None = None) -
         env = resolve(tuple(Env(k, given[k]) for k in ("ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD")), environ)
         return env["ETCD_AUTH_USERNAME"], env["ETCD_AUTH_PASSWORD"]
     return None
+
+
+def etcd_client_tls(inv: Inventory, environ: Mapping[str, str] | None = None) -> TLS | None:
+    """What the daemon's own etcd client trusts (and shows) for an ``https`` etcd: the cluster CA
+    (``tls = true``) or an external etcd's ``ca``/``cert``/``key``; None for plain http."""
+    files = dict(inv.etcd_tls)
+    if not files:
+        return None
+    values = resolve(tuple(Env(k, v) for k, v in files.items()), environ)
+    ca, cert, key = (values.get(k) for k in ("ETCD_AUTH_CA", "ETCD_AUTH_CLIENT_CERT", "ETCD_AUTH_CLIENT_KEY"))
+    return TLS(*(None if v is None else (v + "\n").encode() for v in (ca, cert, key)))
+
+
+def nats_client_ca(inv: Inventory) -> str | None:
+    """The CA file (on the head) the daemon's NATS client trusts: the cluster CA with ``[nats] tls``."""
+    return inv.cluster_ca.ref if inv.nats_tls else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .errors import MirrorError
 
-__all__ = ["KV", "EtcdClient", "parse_endpoints"]
+__all__ = ["KV", "TLS", "EtcdClient", "endpoints_tls", "parse_endpoints"]
 
 MAX_TXN_OPS = 100  # etcd's default --max-txn-ops is 128
 
@@ -36,14 +37,15 @@ class KV:
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     """``"http://a:2379,b:2379"`` or a list of such → ``[("a", 2379), ("b", 2379)]``.
 
-    Only plain ``http`` (aetcd has no TLS); a missing port is 2379. ValueError when malformed.
+    ``http`` or ``https`` (all alike: :func:`endpoints_tls` tells which); a missing port is 2379.
+    ValueError when malformed.
     """
     items = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
     out = []
     for item in filter(None, items):
         url = urlsplit(item if "://" in item else f"http://{item}")
-        if url.scheme != "http":
-            raise ValueError(f"etcd endpoint {item!r}: only http:// endpoints are supported")
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"etcd endpoint {item!r}: only http:// and https:// endpoints are supported")
         try:
             port = url.port or 2379
         except ValueError:
@@ -56,6 +58,79 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
+def endpoints_tls(endpoints: str | Sequence[str]) -> bool:
+    """True when the endpoints are ``https://`` (all must be the same; ValueError when mixed)."""
+    items = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
+    schemes = {urlsplit(e).scheme if "://" in e else "http" for e in items if e}
+    if len(schemes) > 1:
+        raise ValueError("etcd endpoints mix http:// and https://")
+    return schemes == {"https"}
+
+
+@dataclass(frozen=True)
+class TLS:
+    """What an ``https://`` etcd client trusts and shows: the CA (PEM; None: the system's CAs) and
+    an optional client certificate and key (PEM). Never logged."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "TLS(...)"
+
+
+def _aetcd() -> Any:
+    """``aetcd``, imported on first use: grpc is heavy, and `status` without --etcd must not pay for it."""
+    # gRPC's C core logs a failed TLS handshake to stderr itself (read when grpc loads); the
+    # MirrorError says it in one line
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    import aetcd
+
+    return aetcd
+
+
+def _tls_client_class() -> Any:
+    """``aetcd.Client`` over a TLS channel: aetcd itself opens only ``grpc.aio.insecure_channel``
+    (aetcd 1.0 has no TLS option), so this subclass opens a ``secure_channel`` instead; the rest
+    of its ``connect`` (authenticate, stubs, watcher) is aetcd's, unchanged."""
+    aetcd = _aetcd()
+    import grpc
+    from aetcd import rpc, watcher
+
+    class TlsClient(aetcd.Client):  # type: ignore[misc]
+        def __init__(self, *args: Any, tls: TLS, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+
+        @aetcd.client._handle_errors  # gRPC errors become aetcd's, as in aetcd.Client.connect
+        async def connect(self) -> None:
+            if self._connected.is_set():
+                return
+            if self._is_connecting:
+                await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+                return
+            try:
+                self._is_connecting = True
+                target = f"{self._host}:{self._port}"
+                self.channel = rpc.secure_channel(target, self._credentials, options=self._options.items())
+                if self._username is not None and self._password is not None:
+                    self.auth_stub = rpc.AuthStub(self.channel)
+                    request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                    resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                    self.metadata = (("token", resp.token),)
+                self.kvstub = rpc.KVStub(self.channel)
+                self.clusterstub = rpc.ClusterStub(self.channel)
+                self.leasestub = rpc.LeaseStub(self.channel)
+                self.maintenancestub = rpc.MaintenanceStub(self.channel)
+                self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+                self._connected.set()
+            finally:
+                self._is_connecting = False
+
+    return TlsClient
+
+
 _AUTH_ERRORS = re.compile(r"auth|token|permission denied|user name|password", re.IGNORECASE)
 
 
@@ -66,6 +141,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def _unavailable_reason(details: str) -> str:
     """gRPC's UNAVAILABLE details, shortened: "…: Failed to connect to remote host: Connection refused" → the end."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "TLS: its certificate is not signed by the CA given (ETCD_AUTH_CA, --etcd-ca, etcd.ca)"
+    if "Tls handshake failed" in details or "WRONG_VERSION_NUMBER" in details:
+        return "TLS handshake failed (http:// for an https:// etcd, or the reverse?)"
     marker = "Failed to connect to remote host: "
     if marker in details:
         return _one_line(details.rsplit(marker, 1)[1])
@@ -75,7 +154,8 @@ def _unavailable_reason(details: str) -> str:
 class EtcdClient:
     """A small asyncio etcd v3 client over ``aetcd``: str keys, bytes values, :class:`MirrorError`.
 
-    ``endpoints``: comma-separated ``http://host:port`` (or a list); ``auth``: ``(user, password)``
+    ``endpoints``: comma-separated ``http://host:port`` or ``https://…`` (or a list); ``tls``: the
+    CA (and client certificate) of an ``https`` etcd (:class:`TLS`; without one, the system's CAs); ``auth``: ``(user, password)``
     when etcd has auth on (a rejected or expired token re-authenticates at the next call). Calls go to one endpoint at a
     time; when it cannot be reached the next one is tried (once per call, for requests that never
     left); every call has ``timeout`` seconds. Not thread-safe; one event loop.
@@ -90,13 +170,17 @@ class EtcdClient:
         await c.close()
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0, auth: tuple[str, str] | None = None):
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0, auth: tuple[str, str] | None = None,
+                 tls: TLS | None = None):
         self._auth = auth  # (user, password) for an etcd with auth on: never logged
         try:
             self._targets = parse_endpoints(endpoints)
+            https = endpoints_tls(endpoints)
         except ValueError as e:
             raise MirrorError(str(e)) from None
-        self.endpoints = ",".join(f"http://{h}:{p}" for h, p in self._targets)
+        self._tls = (tls or TLS()) if https else None
+        self._scheme = "https" if https else "http"
+        self.endpoints = ",".join(f"{self._scheme}://{h}:{p}" for h, p in self._targets)
         self.timeout = timeout
         self._index = 0
         self._client: Any = None
@@ -104,13 +188,16 @@ class EtcdClient:
     # -- plumbing -----------------------------------------------------------------------------------------
 
     def _new_client(self) -> Any:
-        import aetcd  # lazy: grpc is heavy, and `status` without --etcd must not pay for it
+        aetcd = _aetcd()
 
         host, port = self._targets[self._index]
         # Reconnect quickly once etcd is back (gRPC's default backoff grows to 2 minutes).
         options = {"grpc.initial_reconnect_backoff_ms": 100, "grpc.min_reconnect_backoff_ms": 100,
                    "grpc.max_reconnect_backoff_ms": 1000, "grpc.enable_retries": 0}
         user, password = self._auth or (None, None)
+        if self._tls is not None:
+            return _tls_client_class()(host=host, port=port, username=user, password=password, timeout=self.timeout,
+                                       options=options, connect_wait_timeout=max(1, int(self.timeout)), tls=self._tls)
         return aetcd.Client(host=host, port=port, username=user, password=password, timeout=self.timeout, options=options,
                             connect_wait_timeout=max(1, int(self.timeout)))
 
@@ -122,14 +209,14 @@ class EtcdClient:
 
     async def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)`` (a coroutine); translate every aetcd/gRPC error into MirrorError."""
-        import aetcd
+        aetcd = _aetcd()
 
         reasons: list[tuple[str, str]] = []
         for _ in range(len(self._targets)):
             if self._client is None:
                 self._client = self._new_client()
             host, port = self._targets[self._index]
-            where = f"http://{host}:{port}"
+            where = f"{self._scheme}://{host}:{port}"
             try:
                 return await asyncio.wait_for(fn(self._client), self.timeout + 1)
             except asyncio.CancelledError:

@@ -48,6 +48,7 @@ from typing import Any, Self
 import structlog
 
 from .errors import EventBusError
+from .health import tls_context
 from .retry import RetryDelay
 
 __all__ = ["EventBus", "EventSubscription", "subject_for", "subscribe"]
@@ -81,9 +82,16 @@ async def _quiet(*_: Any) -> None:
 _AUTH_OPTIONS = {"NATS_AUTH_TOKEN": "token", "NATS_AUTH_USERNAME": "user", "NATS_AUTH_PASSWORD": "password"}
 
 
-def auth_options(auth: Mapping[str, str] | None) -> dict[str, str]:
-    """nats-py connect options from the variables Dynamo reads (``NATS_AUTH_TOKEN``, …)."""
-    return {_AUTH_OPTIONS[k]: v for k, v in (auth or {}).items() if k in _AUTH_OPTIONS}
+def auth_options(auth: Mapping[str, str] | None) -> dict[str, Any]:
+    """nats-py connect options from the variables Dynamo reads (``NATS_AUTH_TOKEN``, …, and
+    ``NATS_TLS_CA_CERT_PATH``/``_CLIENT_CERT_PATH``/``_CLIENT_KEY_PATH``: a TLS context that trusts
+    that CA only). OSError when a TLS file cannot be read."""
+    auth = auth or {}
+    out: dict[str, Any] = {_AUTH_OPTIONS[k]: v for k, v in auth.items() if k in _AUTH_OPTIONS}
+    if auth.get("NATS_TLS_CA_CERT_PATH"):
+        out["tls"] = tls_context(auth["NATS_TLS_CA_CERT_PATH"], auth.get("NATS_TLS_CLIENT_CERT_PATH", ""),
+                                 auth.get("NATS_TLS_CLIENT_KEY_PATH", ""))
+    return out
 
 
 async def _connect(url: str, timeout: float, auth: Mapping[str, str] | None = None, **callbacks: Any) -> Any:
@@ -96,9 +104,9 @@ async def _connect(url: str, timeout: float, auth: Mapping[str, str] | None = No
     async def on_error(e: BaseException) -> None:
         last_error[:] = [e]
 
-    options: dict[str, Any] = {"error_cb": on_error, "disconnected_cb": _quiet, "closed_cb": _quiet,
-                               **auth_options(auth), **callbacks}
     try:
+        options: dict[str, Any] = {"error_cb": on_error, "disconnected_cb": _quiet, "closed_cb": _quiet,
+                                   **auth_options(auth), **callbacks}
         # nats-py retries a refused connect max_reconnect_attempts times (default 60 × 2 s) even without
         # allow_reconnect: 1 means two quick tries, then NoServersError. We do our own retrying.
         await asyncio.wait_for(nc.connect(servers=[url], allow_reconnect=False, connect_timeout=max(1, int(timeout)),

@@ -8,12 +8,13 @@ shares one result type.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["ProbeResult", "http_get", "ray_nodes_argv", "judge_ray_nodes", "tcp_connect"]
+__all__ = ["ProbeResult", "http_get", "tls_context", "ray_nodes_argv", "judge_ray_nodes", "tcp_connect"]
 
 
 @dataclass(frozen=True)
@@ -40,22 +41,33 @@ async def tcp_connect(address: str, port: int, timeout: float) -> ProbeResult:
     return ProbeResult(True, f"tcp {address}:{port} ok", time.monotonic() - start)
 
 
-async def http_get(url: str, timeout: float) -> ProbeResult:
-    """GET ``url`` (plain HTTP/1.1, no redirects): ok when the status is 2xx."""
+def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client TLS context that trusts only the CA file ``ca`` (and presents ``cert``/``key`` when given)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+async def http_get(url: str, timeout: float, *, ca: str = "") -> ProbeResult:
+    """GET ``url`` (HTTP/1.1, no redirects): ok when the status is 2xx. An ``https://`` URL's
+    certificate must chain to the CA file ``ca`` (the system's CAs without one) and name the host."""
     start = time.monotonic()
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
+    https = parts.scheme == "https"
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        status = await asyncio.wait_for(_get_status(host, port, target), timeout)
-    except (OSError, asyncio.TimeoutError, ValueError) as e:
+        tls = (tls_context(ca) if ca else ssl.create_default_context()) if https else None
+        status = await asyncio.wait_for(_get_status(host, port, target, tls), timeout)
+    except (OSError, asyncio.TimeoutError, ValueError) as e:  # ssl.SSLError is an OSError
         return ProbeResult(False, f"GET {url}: {_reason(e)}", time.monotonic() - start)
     ok = 200 <= status < 300
     return ProbeResult(ok, f"GET {url}: {status}", time.monotonic() - start)
 
 
-async def _get_status(host: str, port: int, target: str) -> int:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _get_status(host: str, port: int, target: str, tls: ssl.SSLContext | None = None) -> int:
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())

@@ -220,7 +220,7 @@ class _Loader:
     def nats(self, raw: Any, p: KeyPath) -> NatsSettings:
         r = self.r
         t = r.table(raw, p, {"port", "monitor_port", "store_dir", "external", "binary", "bind", "token", "user", "password",
-                             "restart", "health"})  # fmt: skip
+                             "tls", "restart", "health"})  # fmt: skip
         external = self.url(t, p, "external", ("nats", "tls"))
         bind = self.bind(t, p)
         token, user = self.secret(t, p, "token", "NATS_TOKEN"), self.env_key(t, p, "user")
@@ -229,6 +229,10 @@ class _Loader:
             r.problem(p + ("token",), "give either token or user and password, not both")
         elif ("user" in t) != ("password" in t):
             r.problem(p + ("password" if "user" in t else "user",), "user and password go together: give both")
+        tls = r.get(t, p, "tls", bool, False)
+        if tls and external is not None:
+            r.problem(p + ("tls",), "tls = true is for the NATS the launcher runs; for an external one give a tls:// "
+                                    "URL and its CA as NATS_TLS_CA_CERT_PATH in [env]")
         return NatsSettings(
             port=r.port(t, p, "port", NatsSettings.port),
             monitor_port=r.port(t, p, "monitor_port", NatsSettings.monitor_port),
@@ -239,19 +243,38 @@ class _Loader:
             token=token,
             user=user,
             password=password,
+            tls=tls,
             restart=self.restart(t, p),
             health=self.health(t, p),
         )
 
     def etcd(self, raw: Any, p: KeyPath) -> EtcdSettings:
         r = self.r
-        t = r.table(raw, p, {"client_port", "peer_port", "data_dir", "external", "binary", "restart", "health"})
+        t = r.table(raw, p, {"client_port", "peer_port", "data_dir", "external", "binary", "tls", "ca", "cert", "key",
+                             "restart", "health"})  # fmt: skip
+        external = self.url(t, p, "external", ("http", "https"))
+        tls = r.get(t, p, "tls", bool, False)
+        files = {k: self.secret(t, p, k, f"ETCD_{k.upper()}") for k in ("ca", "cert", "key")}
+        if tls and external is not None:
+            r.problem(p + ("tls",), "tls = true is for the etcd the launcher runs; for an external one give an "
+                                    "https:// URL (and its ca, cert, key)")
+        for k in ("ca", "cert", "key"):
+            if k in t and (external is None or not external.startswith("https://")):
+                r.problem(p + (k,), f"{k} is for an external https:// etcd (etcd.external); the etcd the launcher "
+                                    "runs gets a generated CA with tls = true")
+                break
+        if ("cert" in t) != ("key" in t):
+            r.problem(p + ("key" if "cert" in t else "cert",), "cert and key go together: give both")
         return EtcdSettings(
             client_port=r.port(t, p, "client_port", EtcdSettings.client_port),
             peer_port=r.port(t, p, "peer_port", EtcdSettings.peer_port),
             data_dir=self.path(t, p, "data_dir", None, absolute=True),
-            external=self.url(t, p, "external", ("http", "https")),
+            external=external,
             binary=r.get(t, p, "binary", str, EtcdSettings.binary),
+            tls=tls,
+            ca=files["ca"],
+            cert=files["cert"],
+            key=files["key"],
             restart=self.restart(t, p),
             health=self.health(t, p),
         )

@@ -59,7 +59,7 @@ from typing import Any
 import structlog
 
 from .errors import LeaderHeld, MirrorError, NotPublished
-from .etcd import KV, MAX_TXN_OPS, EtcdClient, parse_endpoints
+from .etcd import KV, MAX_TXN_OPS, TLS, EtcdClient, parse_endpoints
 from .retry import RetryDelay
 
 __all__ = [
@@ -123,7 +123,7 @@ class Mirror:
     def __init__(self, cluster: str, endpoints: str | Sequence[str], holder: str, *, ttl: float = 10.0,
                  timeout: float = 3.0, heartbeat_interval: float = 10.0,
                  on_conflict: Callable[[LeaderHeld], None] | None = None, starting: bool = False,
-                 auth: tuple[str, str] | None = None):
+                 auth: tuple[str, str] | None = None, tls: TLS | None = None):
         self.cluster = cluster
         # ``starting``: the launcher is bringing this etcd up itself, so not answering before the
         # first connection is expected (logged at info), not a problem (a warning).
@@ -132,7 +132,7 @@ class Mirror:
         self.leader_key = f"{self.prefix}/leader"
         self.heartbeat_key = f"{self.prefix}/heartbeat"
         self.status_key = f"{self.prefix}/status"
-        self.client = EtcdClient(endpoints, timeout=timeout, auth=auth)
+        self.client = EtcdClient(endpoints, timeout=timeout, auth=auth, tls=tls)
         self.endpoints = self.client.endpoints
         self.holder = holder
         self.ttl = max(2, math.ceil(ttl))
@@ -461,7 +461,7 @@ def _status_problem(snap: Any) -> str:
 
 
 async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: float = 5.0,
-                      auth: tuple[str, str] | None = None) -> dict[str, Any]:
+                      auth: tuple[str, str] | None = None, tls: TLS | None = None) -> dict[str, Any]:
     """The cluster's status as its daemon last published it (``status --etcd``), from any node.
 
     Returns the snapshot (same shape as the control socket's ``status``) plus ``"mirror"``:
@@ -470,9 +470,10 @@ async def read_status(endpoints: str | Sequence[str], cluster: str, *, timeout: 
     running processes' ``uptime`` are advanced to this node's clock (the daemon skips writes that
     only change those). Raises :class:`NotPublished` when no daemon published the cluster, and
     :class:`MirrorError` when etcd cannot be reached or the key does not hold a status (one
-    line: what is wrong, where). ``auth``: ``(user, password)`` for an etcd with auth on.
+    line: what is wrong, where). ``auth``: ``(user, password)`` for an etcd with auth on; ``tls``:
+    the CA (and client certificate) of an ``https://`` etcd.
     """
-    client = EtcdClient(endpoints, timeout=timeout, auth=auth)
+    client = EtcdClient(endpoints, timeout=timeout, auth=auth, tls=tls)
     prefix = f"{ROOT}/{cluster}"
     try:
         status = await client.get(f"{prefix}/status")

@@ -17,12 +17,22 @@ from .versions import SUPPORTED_DYNAMO_VERSIONS
 CREDENTIALS_DIR = "credentials"
 """Where, under the state directory on the head, the daemon keeps the credentials it generates (0700; files 0600)."""
 
+TLS_DIR = "tls"
+"""Where, under the state directory on every node, the agent writes the TLS files a process there
+needs (0700; files 0600), from the head's copies, at each spawn."""
+
+TLS_FILES = {"ETCD_AUTH_CA": "etcd-ca.pem", "ETCD_AUTH_CLIENT_CERT": "etcd-client.pem",
+             "ETCD_AUTH_CLIENT_KEY": "etcd-client-key.pem", "NATS_TLS_CA_CERT_PATH": "nats-ca.pem"}
+"""The file, in :data:`TLS_DIR` on a node, behind each TLS variable Dynamo reads (a path)."""
+
 ETCD_DYNAMO_USER = "dynamo"
 """The etcd user Dynamo processes authenticate as (the daemon itself is ``root``)."""
 
 __all__ = [
     "CREDENTIALS_DIR",
     "ETCD_DYNAMO_USER",
+    "TLS_DIR",
+    "TLS_FILES",
     "WORKER_STARTUP_TIMEOUT",
     "Backend",
     "Cluster",
@@ -198,6 +208,7 @@ class NatsSettings:
     token: SecretRef | None = None
     user: EnvValue | None = None
     password: SecretRef | None = None
+    tls: bool = False
     restart: Restart = Restart()
     health: Health = Health()
 
@@ -213,13 +224,22 @@ class NatsSettings:
 
 @dataclass(frozen=True)
 class EtcdSettings:
-    """etcd on the head, or an external endpoint."""
+    """etcd on the head, or an external endpoint.
+
+    ``tls``: the etcd the launcher runs serves https with a certificate of the cluster's
+    generated CA. ``ca``/``cert``/``key`` (references only): an external ``https://`` etcd's CA
+    and the client certificate and key it may require.
+    """
 
     client_port: int = 2379
     peer_port: int = 2380
     data_dir: str | None = None
     external: str | None = None
     binary: str = "etcd"
+    tls: bool = False
+    ca: SecretRef | None = None
+    cert: SecretRef | None = None
+    key: SecretRef | None = None
     restart: Restart = Restart()
     health: Health = Health()
 
@@ -381,3 +401,30 @@ class Inventory:
     def etcd_root(self) -> SecretRef | None:
         """The generated password of etcd's ``root`` user (the daemon's own client); None for an external etcd."""
         return None if self.etcd.external is not None else self.generated("etcd-root-password")
+
+    @property
+    def cluster_ca(self) -> SecretRef:
+        """The certificate of the CA the daemon generates for the cluster (``[etcd]``/``[nats]`` ``tls``)."""
+        return self.generated("ca.pem")
+
+    @property
+    def server_cert(self) -> tuple[SecretRef, SecretRef]:
+        """The head's generated server certificate and key (etcd and NATS with ``tls``)."""
+        return self.generated("server.pem"), self.generated("server-key.pem")
+
+    @property
+    def etcd_tls(self) -> tuple[tuple[str, SecretRef], ...]:
+        """The TLS files every etcd client gets, by the variable Dynamo reads each from
+        (``ETCD_AUTH_CA``, ``_CLIENT_CERT``, ``_CLIENT_KEY``): the cluster CA for the etcd the
+        launcher runs with ``tls``; an external etcd's ``ca``/``cert``/``key``."""
+        e = self.etcd
+        if e.external is None:
+            return (("ETCD_AUTH_CA", self.cluster_ca),) if e.tls else ()
+        given = (("ETCD_AUTH_CA", e.ca), ("ETCD_AUTH_CLIENT_CERT", e.cert), ("ETCD_AUTH_CLIENT_KEY", e.key))
+        return tuple((name, ref) for name, ref in given if ref is not None)
+
+    @property
+    def nats_tls(self) -> tuple[tuple[str, SecretRef], ...]:
+        """The TLS files every NATS client gets (``NATS_TLS_CA_CERT_PATH``: the cluster CA) for the
+        NATS the launcher runs with ``tls``."""
+        return (("NATS_TLS_CA_CERT_PATH", self.cluster_ca),) if self.nats.tls and self.nats.external is None else ()

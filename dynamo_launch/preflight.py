@@ -434,7 +434,7 @@ async def run_preflight(inv: Inventory, plan: Plan, transports: Mapping[str, Tra
     results = await asyncio.gather(*(ask(h) for h in pythons))
     checks = state_dir_checks(judge(inv, plan, dict(zip(pythons, results)), adopting=adopting), plan.state_dir,
                               set(agents), refused or {})
-    for problem in secrets.check([(p.name, p.env) for p in plan.processes]):
+    for problem in secrets.check([(p.name, p.env + p.files) for p in plan.processes]):  # TLS files too
         checks.append(Check(plan.head, "secrets", "fail", problem))
     for problem in nats_auth_problems(inv):
         checks.append(Check(plan.head, "secrets", "fail", problem))

@@ -105,6 +105,13 @@ def missing_launcher_servers() -> list[str]:
     return missing
 
 
+def require_launcher_servers() -> None:
+    """Skip (fail under CI=true) unless the launcher's own NATS and etcd can run on the test bed."""
+    missing = missing_launcher_servers()
+    if missing:
+        _missing("; ".join(missing))
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:

@@ -24,21 +24,22 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def etcd_call(endpoint: str, path: str, body: dict, token: str | None = None) -> dict:
+def etcd_call(endpoint: str, path: str, body: dict, token: str | None = None, *, context=None) -> dict:
     """POST ``/v3/<path>`` of etcd's JSON gateway (``kv/put``, ``kv/range``, ``lease/grant``…);
-    the answer, or ``{"error": …}`` when etcd refuses (keys and values base64)."""
+    the answer, or ``{"error": …}`` when etcd refuses (keys and values base64). ``context``: the
+    ``ssl.SSLContext`` of an https etcd."""
     headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     req = urllib.request.Request(f"{endpoint}/v3/{path}", data=json.dumps(body).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read() or b"{}") or {"error": f"HTTP {e.code}"}
 
 
-def etcd_token(endpoint: str, user: str, password: str) -> str:
+def etcd_token(endpoint: str, user: str, password: str, *, context=None) -> str:
     """An auth token of etcd's ``user`` (raises when etcd refuses the password)."""
-    r = etcd_call(endpoint, "auth/authenticate", {"name": user, "password": password})
+    r = etcd_call(endpoint, "auth/authenticate", {"name": user, "password": password}, context=context)
     assert "token" in r, r
     return r["token"]
 

@@ -64,7 +64,7 @@ async def run_probe(probe: Probe, links: Mapping[str, HostLink], since: Mapping[
             r = await tcp_connect(probe.address, int(probe.port or 0), probe.timeout)
             return r.ok, r.detail
         if probe.kind is ProbeKind.HTTP:
-            r = await http_get(probe.url, probe.timeout)
+            r = await http_get(probe.url, probe.timeout, ca=probe.ca)
             return r.ok, r.detail
         link = links[probe.host]
         if probe.kind is ProbeKind.COMMAND:

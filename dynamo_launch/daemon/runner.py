@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -508,13 +509,17 @@ class Runner:
         spec, link = p.spec, self.links[p.spec.host]
         try:
             env = secrets.resolve(spec.env)
+            files = {posixpath.basename(k): v for k, v in secrets.resolve(spec.files).items()}
         except secrets.SecretError as e:
             self.post(("proc", p.name), SpawnFailed(str(e)))
             return
         try:
+            # TLS files travel like the env: in the request, never on a command line
+            extra = {"files": files} if files else {}
             result = await link.call("spawn", timeout=60.0, name=spec.name, argv=list(spec.argv), env=env,
                                      cwd=spec.cwd, log_file=spec.log_file, launch_id=self.launch_id,
-                                     generation=generation, log_max_bytes=LOG_MAX_BYTES, log_backups=LOG_BACKUPS)
+                                     generation=generation, log_max_bytes=LOG_MAX_BYTES, log_backups=LOG_BACKUPS,
+                                     **extra)
         except AgentError as e:
             if e.kind == "exists":  # a live copy is already there: never start a second one
                 await self._take_existing(p, str(e))

@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from .. import credentials, secrets
+from .. import certs, credentials, secrets
 from ..addresses import split_hostport
 from ..agent import Unsafe, open_private, private_dir
 from ..control import ControlServer, socket_path
@@ -130,6 +130,7 @@ class Daemon:
         if start:  # stopping (`down`) must work on a full disk; starting what could not be recorded must not
             self._probe_state(saved)
         created = credentials.ensure(self.inv)  # before anything uses them: NATS, etcd, the mirror, the bus
+        created += certs.ensure(self.inv)
         if created:
             self._log.info("generated NATS/etcd credentials", files=created)
         # Before preflight: when another daemon supervises this cluster, say that — not that
@@ -196,8 +197,14 @@ class Daemon:
         except SecretError as e:  # an external etcd's credentials: preflight names it
             self._log.warning("etcd credentials unavailable: the mirror connects without", reason=str(e))
             etcd_auth = None
+        try:
+            etcd_tls = credentials.etcd_client_tls(self.inv)
+        except SecretError as e:  # an external etcd's CA or client files: preflight names them
+            self._log.warning("etcd TLS files unavailable: the mirror trusts the system's CAs", reason=str(e))
+            etcd_tls = None
         self.mirror = Mirror(self.plan.cluster, self.plan.etcd_url, f"pid {os.getpid()} on {socket.gethostname()}",
-                             on_conflict=self._on_conflict, starting=self.inv.etcd.external is None, auth=etcd_auth)
+                             on_conflict=self._on_conflict, starting=self.inv.etcd.external is None, auth=etcd_auth,
+                             tls=etcd_tls)
         try:
             # Our own previous run (crashed: we hold the state-dir lock now) may still hold the
             # key until its lease runs out; anyone else keeps holding it and we give up.
@@ -215,6 +222,9 @@ class Daemon:
             self.mirror.start()
         try:
             auth = secrets.resolve(tuple(Env(k, v) for k, v in self.inv.nats_auth))
+            ca = credentials.nats_client_ca(self.inv)
+            if ca is not None:
+                auth["NATS_TLS_CA_CERT_PATH"] = ca
         except SecretError as e:  # preflight names it; events simply go unsent
             self._log.warning("NATS credentials unavailable: events are not published", reason=str(e))
             auth = {}

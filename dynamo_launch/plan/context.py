@@ -6,7 +6,7 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..model import EnvValue, Health, Host, Inventory, Restart
+from ..model import TLS_DIR, TLS_FILES, EnvValue, Health, Host, Inventory, Restart, SecretRef
 from ..tomlpos import KeyPath, format_path
 from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec, work_dir
 
@@ -29,13 +29,27 @@ class Context:
     def nats_url(self) -> str:
         """``NATS_SERVER`` for every Dynamo process."""
         n = self.inv.nats
-        return n.external or f"nats://{_hostport(self.head.address, n.port)}"
+        return n.external or f"{'tls' if n.tls else 'nats'}://{_hostport(self.head.address, n.port)}"
 
     @property
     def etcd_url(self) -> str:
         """``ETCD_ENDPOINTS`` for every Dynamo process."""
         e = self.inv.etcd
-        return e.external or f"http://{_hostport(self.head.address, e.client_port)}"
+        return e.external or f"{'https' if e.tls else 'http'}://{_hostport(self.head.address, e.client_port)}"
+
+    def tls_path(self, name: str) -> str:
+        """Where the TLS file ``name`` lies on every node (written there by the agent at each start)."""
+        return posixpath.join(self.inv.cluster.state_dir, TLS_DIR, name)
+
+    def tls_env(self) -> list[tuple[str, EnvValue]]:
+        """The TLS variables of every NATS and etcd client (``ETCD_AUTH_CA``, ``NATS_TLS_CA_CERT_PATH``, …):
+        paths on the node; :meth:`spec` adds the files behind them."""
+        return [(var, self.tls_path(TLS_FILES[var])) for var, _ in (*self.inv.etcd_tls, *self.inv.nats_tls)]
+
+    @property
+    def _tls_sources(self) -> dict[str, SecretRef]:
+        """Path on a node → the head's copy, for every TLS file a client may get."""
+        return {self.tls_path(TLS_FILES[var]): ref for var, ref in (*self.inv.etcd_tls, *self.inv.nats_tls)}
 
     def infra_gates(self) -> tuple[Gate, ...]:
         """NATS and etcd ready, for the ones the launcher runs itself."""
@@ -84,7 +98,7 @@ class Context:
     def dynamo_env(self) -> list[tuple[str, EnvValue]]:
         """Discovery endpoints every Dynamo process gets, and the NATS and etcd credentials (secret references)."""
         return [("NATS_SERVER", self.nats_url), ("ETCD_ENDPOINTS", self.etcd_url), *self.inv.nats_auth,
-                *self.inv.etcd_auth]
+                *self.inv.etcd_auth, *self.tls_env()]
 
     def spec(
         self,
@@ -102,6 +116,7 @@ class Context:
         user_env: Iterable[tuple[str, EnvValue]] = (),
         cwd: str | None = None,
         ports: Iterable[tuple[int, KeyPath]] = (),
+        files: Iterable[tuple[str, SecretRef]] = (),
         **extra: object,
     ) -> ProcessSpec:
         """A :class:`ProcessSpec` with the common parts filled in.
@@ -110,11 +125,17 @@ class Context:
         ``[env]``, the host's ``env``, then ``user_env`` (the group's own
         ``env``) — what the operator wrote wins over what the launcher derives,
         and the narrower scope wins over the wider.
+
+        ``files``: (path on the node, head's copy) the agent writes before each start; a TLS file
+        the env names (:meth:`tls_env`) is added by itself.
         """
         merged: dict[str, EnvValue] = {}
         for k, v in (*env, *self.inv.env, *self.inv.host(host).env, *user_env):
             merged.pop(k, None)  # re-insert so the final order shows precedence
             merged[k] = v
+        sources = self._tls_sources
+        wanted = dict(files)
+        wanted.update({v: sources[v] for v in merged.values() if isinstance(v, str) and v in sources})
         return ProcessSpec(
             name=name,
             host=host,
@@ -131,6 +152,7 @@ class Context:
             start_secs=health.start_secs,
             origin=format_path(origin),
             ports=tuple(ports),
+            files=tuple(Env(path, ref) for path, ref in sorted(wanted.items())),
             **extra,  # type: ignore[arg-type]
         )
 
@@ -145,9 +167,12 @@ class Context:
             **fields,  # type: ignore[arg-type]
         )
 
-    def http(self, health: Health, address: str, port: int, path: str) -> Probe:
-        """An HTTP GET probe of ``http://address:port/path``."""
-        return self.probe(ProbeKind.HTTP, health, address=address, port=port, url=f"http://{_hostport(address, port)}{path}")
+    def http(self, health: Health, address: str, port: int, path: str, *, ca: SecretRef | None = None) -> Probe:
+        """An HTTP GET probe of ``http://address:port/path``; with ``ca`` (the head's copy of the
+        CA that signed the server's certificate) ``https://``, the certificate verified."""
+        scheme = "https" if ca is not None else "http"
+        return self.probe(ProbeKind.HTTP, health, address=address, port=port, url=f"{scheme}://{_hostport(address, port)}{path}",
+                          ca=ca.ref if ca is not None else "")
 
     def tcp(self, health: Health, address: str, port: int) -> Probe:
         """A TCP connect probe."""

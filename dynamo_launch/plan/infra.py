@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 
+from ..model import SecretRef
 from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
@@ -116,6 +117,9 @@ def nats(ctx: Context) -> ProcessSpec:
     store = n.store_dir or posixpath.join(ctx.inv.cluster.state_dir, "nats")
     origin: KeyPath = ("nats",)
     argv = [n.binary, "-js", "-sd", store, "-m", str(n.monitor_port), "-a", n.bind or head.address, "-p", str(n.port)]
+    files = _server_files(ctx) if n.tls else []
+    if files:  # clients must use TLS (tls://); the monitoring port stays plain http (the probes)
+        argv += ["--tls", "--tlscert", files[0][0], "--tlskey", files[1][0]]
     auth = ctx.inv.nats_auth
     if auth:
         conf = posixpath.join(ctx.inv.cluster.state_dir, "nats.conf")
@@ -126,6 +130,7 @@ def nats(ctx: Context) -> ProcessSpec:
         kind="nats",
         argv=argv,
         env=auth,
+        files=files,
         origin=origin,
         restart=n.restart,
         health=n.health,
@@ -141,8 +146,12 @@ def etcd(ctx: Context) -> ProcessSpec:
     (:data:`ETCD_AUTH_BOOT`): the daemon is its ``root``, Dynamo processes its Dynamo user."""
     e, head, name = ctx.inv.etcd, ctx.head, ctx.inv.cluster.name
     data = e.data_dir or posixpath.join(ctx.inv.cluster.state_dir, "etcd")
-    client = f"http://{head.address}:{e.client_port}"
-    listen = client if head.address in ("127.0.0.1", "localhost") else f"{client},http://127.0.0.1:{e.client_port}"
+    scheme = "https" if e.tls else "http"
+    client = f"{scheme}://{head.address}:{e.client_port}"
+    listen = client if head.address in ("127.0.0.1", "localhost") else f"{client},{scheme}://127.0.0.1:{e.client_port}"
+    files = _server_files(ctx) if e.tls else []
+    tls = ["--cert-file", files[0][0], "--key-file", files[1][0]] if files else []
+    ca = ctx.inv.cluster_ca if e.tls else None
     peer = f"http://127.0.0.1:{e.peer_port}"
     origin: KeyPath = ("etcd",)
     root, dynamo = ctx.inv.etcd_root, dict(ctx.inv.etcd_auth)
@@ -161,16 +170,23 @@ def etcd(ctx: Context) -> ProcessSpec:
             "--initial-cluster", f"{name}={peer}",
             # The daemon's heartbeat rewrites a key every few seconds and etcd < 3.5 keeps every
             # revision by default: compact hourly so the data dir stays small for months.
-            "--auto-compaction-retention", "1",
+            "--auto-compaction-retention", "1", *tls,
         ],  # fmt: skip
+        files=files,
         origin=origin,
         restart=e.restart,
         health=e.health,
-        readiness=ctx.http(e.health, head.address, e.client_port, "/health"),
-        liveness=ctx.http(e.health, head.address, e.client_port, "/health"),
+        readiness=ctx.http(e.health, head.address, e.client_port, "/health", ca=ca),
+        liveness=ctx.http(e.health, head.address, e.client_port, "/health", ca=ca),
         never_give_up=True,
         ports=[(e.client_port, origin + ("client_port",)), (e.peer_port, origin + ("peer_port",))],
     )
+
+
+def _server_files(ctx: Context) -> list[tuple[str, SecretRef]]:
+    """The head's generated server certificate and key, as files on the head (``tls = true``)."""
+    cert, key = ctx.inv.server_cert
+    return [(ctx.tls_path("server.pem"), cert), (ctx.tls_path("server-key.pem"), key)]
 
 
 def frontend(ctx: Context) -> ProcessSpec:

@@ -110,6 +110,8 @@ def _describe(p: ProcessSpec, n: int) -> list[str]:
     policy = f"{restart.policy.value}, backoff {restart.backoff_initial:g}s→{restart.backoff_max:g}s"
     policy += ", never gives up" if p.never_give_up else f", at most {restart.max_restarts} in {restart.restart_window:g}s"
     lines.append(f"#   restart: {policy}; log: {p.log_file}")
+    for f in p.files:
+        lines.append(f"#   file {f.name} (0600, written by the agent from the head's {f.value})")
     return lines
 
 
@@ -129,6 +131,8 @@ def _jsonable(value: Any) -> Any:
         out = {}
         for f in fields(value):
             item = getattr(value, f.name)
+            if f.name in ("files", "ca") and not item:
+                continue  # only TLS clusters have them: other plans read as before
             out[f.name] = [port for port, _ in item] if f.name == "ports" else _jsonable(item)
         return out
     if isinstance(value, (list, tuple)):

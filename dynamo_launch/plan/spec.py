@@ -54,6 +54,7 @@ class Probe:
     command: tuple[str, ...] = ()
     expect: int = 0
     member: str = ""
+    ca: str = ""  # HTTPS: the CA file (on the daemon's host) the server's certificate must chain to
     interval: float = Health.interval
     timeout: float = Health.timeout
     failure_threshold: int = Health.failure_threshold
@@ -123,6 +124,9 @@ class ProcessSpec:
     never_give_up: bool = False
     origin: str = ""
     ports: tuple[tuple[int, KeyPath], ...] = field(default=(), compare=False)
+    files: tuple[Env, ...] = ()
+    """TLS files the node's agent writes (0600, in ``<state_dir>/tls/``) before each start: ``name``
+    the path on the node, ``value`` the head's copy (a secret reference)."""
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,15 @@ import pytest
 
 from tests.bed_daemon import Cluster, InfraCluster, by_name, ports, run_infra
 from tests.daemon_harness import PY, standin_process
-from tests.infra import missing_launcher_servers
+from tests.infra import require_launcher_servers
 from tests.secured import b64, credential, etcd_call, etcd_token, nats_hello
-from tests.testbed_fixture import in_ci
 
 pytestmark = pytest.mark.testbed
 
 @pytest.fixture(scope="module", autouse=True)
 def binaries() -> None:
     """The real servers: nats-server next to the venv's python (what the agent's PATH finds), etcd."""
-    missing = missing_launcher_servers()
-    if missing:
-        (pytest.fail if in_ci() else pytest.skip)("; ".join(missing) + (" (CI=true: required)" if in_ci() else ""))
+    require_launcher_servers()
 
 
 def dynamo_standin(name: str, port: int, **kw) -> str:
