@@ -460,8 +460,10 @@ def _configure_logs(json_output: bool | None, level: str | None, verbose: bool, 
     if verbose and quiet:
         _fail("-v and -q say opposite things: give one")
     level = level or ("debug" if verbose else "warning" if quiet else "info")
-    _json_logs = json_output if json_output is not None else not sys.stderr.isatty()
-    logs.configure(json_output=_json_logs, level=level)
+    # Asked for by name (as the systemd unit does): then the CLI's own reports are log lines too.
+    # `auto` keeps them plain text for whoever runs the command in a pipe.
+    _json_logs = json_output is True
+    logs.configure(json_output=json_output, level=level)
 
 
 def _log() -> Any:
