@@ -35,6 +35,7 @@ SHIM_BOOT = ("import sys\n"
              "agent.shim_main()\n")
 OUTPUT_LIMIT = 64 * 1024  # per stream of `exec`
 READ_LIMIT = 1 << 20  # largest answer of `tail` / `read`
+TMP_JSON_AGE = 600  # seconds: a leftover engine logging config in the node's TMPDIR older than this goes
 EXIT_LINES, EXIT_LINES_LIMIT = 10, 4096  # a process's last log lines, sent with its exit (status shows them)
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 LAUNCH_VARS = ("DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION")
@@ -1301,7 +1302,10 @@ class Agent:
         with self.name_lock(name):
             self.replaceable(name, "exists")
             if "TMPDIR" not in spec["env"]:  # the operator's own TMPDIR wins
-                spec["env"]["TMPDIR"] = self.fresh_tmp(name)
+                spec["env"]["TMPDIR"] = self.node_tmp(name)
+                # Ray keeps its session (and its sockets, whose paths must stay short) where
+                # `ray start`, the Ray executor's leader and `ray status` all look for it.
+                spec["env"].setdefault("RAY_TMPDIR", os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp")
             msg = self.start_shim(spec)
         if "pid" not in msg:
             raise Refused("spawn-failed", "%s: %s" % (name, msg.get("error")))
@@ -1310,19 +1314,25 @@ class Agent:
         result["created"] = created
         return After(result, lambda: self.watcher.add(rec))
 
-    def fresh_tmp(self, name):
-        """An empty private ``<state_dir>/tmp/<name>`` for a copy's TMPDIR: what the last copy
-        left there (engines write temp files they never remove) goes, and nothing lands in /tmp."""
-        top, tmp = os.path.join(self.state_dir, "tmp"), os.path.join(self.state_dir, "tmp", name)
+    def node_tmp(self, name):
+        """``<state_dir>/tmp``, private, as the TMPDIR of this node's processes: what engines leave
+        in their temp directory stays out of /tmp. The logging configs Dynamo writes there at
+        every start and never removes (``tmp*.json``) go once they are 10 minutes old; caches
+        (torch inductor's) stay, so a restart is not slower."""
+        tmp = os.path.join(self.state_dir, "tmp")
         try:
-            private_dir(top, 0o700, "temp directory")
-            if os.path.lexists(tmp):
-                shutil.rmtree(tmp)  # fd-based on Linux: a symlink inside is removed, never followed
             private_dir(tmp, 0o700, "temp directory")
         except Unsafe as e:
             raise Refused("spawn-failed", "%s: %s" % (name, e))
         except OSError as e:
             raise Refused("spawn-failed", "%s: cannot make %s: %s" % (name, tmp, e.strerror or e))
+        old = time.time() - TMP_JSON_AGE
+        with suppress(OSError):
+            for entry in os.scandir(tmp):
+                with suppress(OSError):
+                    if entry.name.startswith("tmp") and entry.name.endswith(".json") \
+                            and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < old:
+                        os.unlink(entry.path)
         return tmp
 
     def write_tls_files(self, files):

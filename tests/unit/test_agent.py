@@ -495,25 +495,31 @@ def test_logs_are_plain_text_and_each_start_is_marked(tmp_path, launch_id):
     assert lines[1::3] == ["12:00  INFO up ok"] * 2 and lines[2::3] == ["no newline at the end"] * 2
 
 
-def test_each_copy_gets_a_fresh_private_tmpdir_under_the_state_dir_unless_the_operator_set_one(tmp_path, launch_id):
-    code = "import os, tempfile; f = tempfile.NamedTemporaryFile(delete=False); print(os.environ['TMPDIR'], f.name)"
+def test_processes_get_a_private_tmpdir_under_the_state_dir_and_ray_keeps_its_own(tmp_path, launch_id, monkeypatch):
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    code = ("import json, os, tempfile; f = tempfile.NamedTemporaryFile(suffix='.json', delete=False); "
+            "print(json.dumps([os.environ['TMPDIR'], os.environ.get('RAY_TMPDIR'), f.name]))")
+    (tmp_path / "tmp").mkdir(mode=0o700)
+    stale, fresh, cache = tmp_path / "tmp" / "tmpold.json", tmp_path / "tmp" / "tmpnew.json", tmp_path / "tmp" / "cache"
+    for f in (stale, fresh, cache):
+        f.write_text("{}")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
 
     async def go():
         async with node(tmp_path, launch_id) as n:
-            firsts = []
-            for generation in (1, 2):
-                await n.spawn("tmp", script(code), generation=generation)
-                await n.exit_of("tmp")
-                firsts.append(n.log("tmp").splitlines()[-1].split())
+            await n.spawn("tmp", script(code))
+            await n.exit_of("tmp")
+            first = json.loads(n.log("tmp").splitlines()[-1])
             await n.spawn("own", script(code), env={"TMPDIR": str(tmp_path)})
             await n.exit_of("own")
-            return firsts, n.log("own").split()
+            return first, json.loads(n.log("own").splitlines()[-1])
 
-    (one, two), own = run(go())
-    assert one[0] == two[0] == str(tmp_path / "tmp" / "tmp")
-    assert stat.S_IMODE(os.stat(two[0]).st_mode) == 0o700
-    assert not os.path.exists(one[1]) and os.path.exists(two[1])  # the last copy's leftovers went
-    assert own[0] == str(tmp_path)
+    (tmpdir, ray, made), own = run(go())
+    assert tmpdir == str(tmp_path / "tmp") and os.path.dirname(made) == tmpdir and ray == "/tmp"
+    assert stat.S_IMODE(os.stat(tmpdir).st_mode) == 0o700
+    assert not stale.exists() and fresh.exists() and cache.exists()  # only old leftover configs go
+    assert own[0] == str(tmp_path) and own[1] is None  # the operator's TMPDIR: untouched, Ray's too
 
 
 def test_plain_text_strips_sequences_cut_at_any_byte():
