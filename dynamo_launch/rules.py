@@ -55,6 +55,7 @@ def validate(inv: Inventory, r: Reader) -> None:
     _check_refs(inv, r, hosts)
     _check_workers(inv, r)
     _check_frontend(inv, r)
+    _check_etcd_tls(inv, r)
     _check_health(inv, r)
     _check_argv_secrets(inv, r)
     if any(_under(p.key, "hosts", "workers") for p in r.problems):
@@ -163,6 +164,23 @@ def _check_cycles(inv: Inventory, r: Reader) -> None:
 FRONTEND_FLAGS = {"--http-host": "frontend.bind", "--http-port": "frontend.http_port",
                   "--router-mode": "frontend.router_mode"}
 """The frontend's flags the launcher renders (and probes, and checks for collisions)."""
+
+
+def _check_etcd_tls(inv: Inventory, r: Reader) -> None:
+    # Measured with ai-dynamo 1.6.1 (docs/security.md): its etcd client applies ETCD_AUTH_CA only
+    # when no user and password are set, and then as PEM text; with a password it trusts the public
+    # roots built into it alone. A private CA would leave every Dynamo process retrying forever.
+    if not (inv.frontend is not None or inv.workers):
+        return
+    if inv.etcd.tls:
+        r.problem(("etcd", "tls"), "Dynamo 1.6.1's etcd client cannot trust the cluster's own CA while it logs in "
+                                   "with a password, so its processes could not connect: leave etcd without TLS "
+                                   "(nats.tls works), or use an external https:// etcd whose certificate a public "
+                                   "CA signed")
+    elif inv.etcd.ca is not None:
+        r.problem(("etcd", "ca"), "Dynamo 1.6.1's etcd client ignores a CA while it logs in with a password: its "
+                                  "processes could not trust this one; an external https:// etcd for Dynamo needs a "
+                                  "certificate a public CA signed (then leave ca out)")
 
 
 def _check_frontend(inv: Inventory, r: Reader) -> None:

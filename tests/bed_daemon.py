@@ -234,8 +234,8 @@ class InfraCluster(Cluster):
         self.path.write_text(text.replace(external.group(0), infra))
 
 
-def run_infra(nats_ports: tuple[int, int], etcd_ports: tuple[int, int], *, tls: bool = False) -> str:
-    """``[nats]`` and ``[etcd]`` tables for the launcher to run them (``tls``: both over TLS)."""
-    on = "tls = true\n" if tls else ""
+def run_infra(nats_ports: tuple[int, int], etcd_ports: tuple[int, int], *, nats_tls: bool = False) -> str:
+    """``[nats]`` and ``[etcd]`` tables for the launcher to run them (``nats_tls``: NATS over TLS)."""
+    on = "tls = true\n" if nats_tls else ""
     return (f"[nats]\nport = {nats_ports[0]}\nmonitor_port = {nats_ports[1]}\n{on}" + FAST.format(table="nats")
-            + f"\n[etcd]\nclient_port = {etcd_ports[0]}\npeer_port = {etcd_ports[1]}\n{on}" + FAST.format(table="etcd"))
+            + f"\n[etcd]\nclient_port = {etcd_ports[0]}\npeer_port = {etcd_ports[1]}\n" + FAST.format(table="etcd"))

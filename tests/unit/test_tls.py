@@ -59,6 +59,21 @@ def test_tls_keys_are_validated_with_located_one_line_errors(extra, message):
     assert message in text and "inv.toml:" in text
 
 
+MOCKER = '\n[frontend]\n\n[[workers]]\nname = "m"\nbackend = "mocker"\nmodel = "/m"\nhosts = ["a"]\n'
+
+
+@pytest.mark.parametrize("etcd, key", [
+    ("[etcd]\ntls = true\n", "etcd.tls"),
+    ('[etcd]\nexternal = "https://e:2379"\nca = "file:/etc/ca.pem"\n', "etcd.ca"),
+])
+def test_etcd_with_a_private_ca_is_refused_next_to_dynamo_processes(etcd, key):
+    """ai-dynamo 1.6.1 trusts a private CA for etcd only without a password (measured): its
+    processes would retry forever, so validate says so instead."""
+    text = _problems(etcd + MOCKER)
+    assert "inv.toml:" in text and f"{key}: Dynamo 1.6.1's etcd client" in text
+    parse(BASE.format(state="/srv/dl") + "[nats]\ntls = true\n" + MOCKER, "inv.toml")  # NATS TLS: fine
+
+
 def test_the_plan_points_every_client_at_tls_and_ships_only_references():
     inv = parse(BASE.format(state="/srv/dl") + "[nats]\ntls = true\n[etcd]\ntls = true\n", "inv.toml")
     plan = build(inv)
