@@ -114,3 +114,17 @@ def accepted_keys() -> dict[str, frozenset[str] | None]:
     finally:
         reader_module.Reader.table = original  # type: ignore[method-assign]
     return seen
+
+
+# A cluster with one host "a" (10.0.0.1, no GPU) and state in ``{state}``: the start of small inventories.
+ONE_HOST = """
+[cluster]
+name = "c"
+head = "a"
+state_dir = "{state}"
+
+[[hosts]]
+name = "a"
+address = "10.0.0.1"
+gpus = 0
+"""

@@ -13,20 +13,9 @@ from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.plan.render import to_json, to_text
 from dynamo_launch.secrets import resolve
+from tests.inventory_keys import ONE_HOST
 
-INVENTORY = """
-[cluster]
-name = "c"
-head = "a"
-state_dir = "{state}"
-
-[[hosts]]
-name = "a"
-address = "10.0.0.1"
-gpus = 0
-
-[frontend]
-"""
+INVENTORY = ONE_HOST + "\n[frontend]\n"
 
 
 def _inv(tmp_path):

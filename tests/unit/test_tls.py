@@ -13,18 +13,9 @@ from dynamo_launch.errors import InventoryError, MirrorError, SecretError
 from dynamo_launch.etcd import EtcdClient
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
+from tests.inventory_keys import ONE_HOST
 
-BASE = """
-[cluster]
-name = "c"
-head = "a"
-state_dir = "{state}"
-
-[[hosts]]
-name = "a"
-address = "10.0.0.1"
-gpus = 0
-
+BASE = ONE_HOST + """
 [[hosts]]
 name = "b"
 address = "10.0.0.2"
