@@ -293,8 +293,10 @@ def test_unreachable_etcd_is_a_clear_error_quickly():
         with pytest.raises(MirrorError):
             await Mirror(CLUSTER, f"127.0.0.1:{port}", "me").acquire_leadership(2)
         assert time.monotonic() - t0 < 8
-        with pytest.raises(MirrorError, match="only http://"):
-            EtcdClient("https://127.0.0.1:2379")
+        with pytest.raises(MirrorError, match="only http:// and https://"):
+            EtcdClient("unix://127.0.0.1:2379")
+        with pytest.raises(MirrorError, match="mix http:// and https://"):
+            EtcdClient("http://127.0.0.1:2379,https://127.0.0.1:2380")
 
     arun(main(), 30)
 
