@@ -679,7 +679,8 @@ def test_a_local_process_gets_the_inventory_env_and_a_minimal_base_not_the_daemo
     assert env["PATH"] and env["LC_TIME"] == "C" and env.get("HOME") == os.environ.get("HOME")  # the base
     from dynamo_launch.transport.local import BASE_ENV, BASE_ENV_PREFIXES
 
-    launcher = {"DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION"}
+    # the launch's marks, and Ray's session directory kept in /tmp while TMPDIR is the node's own
+    launcher = {"DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION", "RAY_TMPDIR"}
     unexpected = {k for k in env if k not in BASE_ENV and not k.startswith(BASE_ENV_PREFIXES)
                   and k not in launcher and k not in ("GIVEN", "PLAIN")}
     planned = {e.name for e in h.plan.process("env").env}
