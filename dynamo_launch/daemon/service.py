@@ -399,7 +399,16 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def _let_go_of_etcd_and_nats(self) -> None:
-        """Release the leader key (after a last status write) and flush the queued events."""
+        """Release the leader key (after a last status write) and flush the queued events, within
+        :data:`LET_GO_TIMEOUT`: bounded without relying on the clients honouring cancellation, so
+        a NATS or etcd client stuck in its own close never holds a stop (or `down`)."""
+        let_go = asyncio.create_task(self._close_clients(), name="let-go")
+        if not (await asyncio.wait({let_go}, timeout=LET_GO_TIMEOUT))[0]:
+            let_go.cancel()
+            self.mirror = self.bus = None
+            self._log.warning("etcd/NATS clients did not close in time; leaving them behind", seconds=LET_GO_TIMEOUT)
+
+    async def _close_clients(self) -> None:
         if self.mirror is not None:
             await self.mirror.close()
             self.mirror = None
@@ -423,13 +432,7 @@ class Daemon:
         infra = {n for n, p in self.runner.procs.items() if p.spec.kind in ("nats", "etcd")}
         unknown = await self.runner.stop_all(reason, only=set(self.runner.procs) - infra)
         self._log.info("workers stopped", seconds=round(time.monotonic() - t0, 1), unknown=unknown)
-        # Bounded without relying on the clients honouring cancellation: a NATS or etcd client
-        # stuck in its own close must not keep the cluster's NATS/etcd (and `down`) waiting.
-        let_go = asyncio.create_task(self._let_go_of_etcd_and_nats(), name="let-go")
-        if not (await asyncio.wait({let_go}, timeout=LET_GO_TIMEOUT))[0]:
-            let_go.cancel()
-            self.mirror = self.bus = None
-            self._log.warning("etcd/NATS clients did not close in time; leaving them behind", seconds=LET_GO_TIMEOUT)
+        await self._let_go_of_etcd_and_nats()
         unknown += await self.runner.stop_all(reason, only=infra)
         report = StopReport(stopped=sorted(n for n in self.runner.procs if n not in unknown), unknown=unknown)
         for name, link in self.links.items():
