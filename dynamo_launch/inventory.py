@@ -288,12 +288,14 @@ class _Loader:
 
     def frontend(self, raw: Any, p: KeyPath, head: str) -> Frontend:
         r = self.r
-        t = r.table(raw, p, {"host", "http_port", "bind", "router_mode", "extra_args", "env", "restart", "health"})
+        t = r.table(raw, p, {"host", "http_port", "bind", "router_mode", "migration_limit", "extra_args", "env",
+                                   "restart", "health"})
         return Frontend(
             host=r.get(t, p, "host", str, head),
             http_port=r.port(t, p, "http_port", Frontend.http_port),
             bind=self.bind(t, p),
             router_mode=r.get(t, p, "router_mode", str, Frontend.router_mode, choices=("kv", "round-robin", "random")),
+            migration_limit=r.get(t, p, "migration_limit", int, None, minimum=0, maximum=2**32 - 1),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),
@@ -308,7 +310,7 @@ class _Loader:
             {
                 "name", "backend", "role", "model", "hosts", "tensor_parallel_size", "pipeline_parallel_size",
                 "data_parallel_size", "replicas", "executor", "master_port", "ray_port", "dp_rpc_port",
-                "dp_load_balancing", "extra_args", "env", "restart", "health",
+                "dp_load_balancing", "max_unavailable", "extra_args", "env", "restart", "health",
             },
         )  # fmt: skip
         return WorkerGroup(
@@ -329,6 +331,7 @@ class _Loader:
             ray_port=r.port(t, p, "ray_port", WorkerGroup.ray_port),
             dp_rpc_port=r.port(t, p, "dp_rpc_port", WorkerGroup.dp_rpc_port),
             dp_load_balancing=r.choice(t, p, "dp_load_balancing", DpLoadBalancing, WorkerGroup.dp_load_balancing),
+            max_unavailable=r.get(t, p, "max_unavailable", int, WorkerGroup.max_unavailable, minimum=1, maximum=4096),
             extra_args=r.strings(t, p, "extra_args", ()),
             env=self.env(t.get("env", {}), p + ("env",)),
             restart=self.restart(t, p),

@@ -252,10 +252,16 @@ class Frontend:
     http_port: int = 8000
     bind: str | None = None  # the API's listening address; None: the host's own (not every interface)
     router_mode: str = "kv"
+    migration_limit: int | None = None  # None: MIGRATION_LIMIT when more than one worker replica serves, else off
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, EnvValue], ...] = ()
     restart: Restart = Restart()
     health: Health = Health()
+
+
+MIGRATION_LIMIT = 3
+"""The frontend's ``--migration-limit`` when ``[frontend] migration_limit`` is not set and more than
+one worker replica is behind it: a request whose worker dies is retried on another up to 3 times."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,7 @@ class WorkerGroup:
     ray_port: int = 6379
     dp_rpc_port: int = 13445
     dp_load_balancing: DpLoadBalancing = DpLoadBalancing.HYBRID
+    max_unavailable: int = 1  # replicas (a gang counts as one) a rolling restart or reload takes down at once
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, EnvValue], ...] = ()
     restart: Restart = Restart()

@@ -162,7 +162,7 @@ def _check_cycles(inv: Inventory, r: Reader) -> None:
 
 
 FRONTEND_FLAGS = {"--http-host": "frontend.bind", "--http-port": "frontend.http_port",
-                  "--router-mode": "frontend.router_mode"}
+                  "--router-mode": "frontend.router_mode", "--migration-limit": "frontend.migration_limit"}
 """The frontend's flags the launcher renders (and probes, and checks for collisions)."""
 
 

@@ -46,11 +46,11 @@ def build(inv: Inventory, placement: Placement | None = None) -> Plan:
         add("ray", ray_processes(ctx, prefix="ray", head=r.head, workers=r.workers, port=r.port, origin=("ray",),
                                  restart=r.restart, health=r.health, start_args=start, head_args=r.head_args,
                                  worker_args=r.worker_args, user_env=r.env))  # fmt: skip
-    if inv.frontend is not None:
-        add("frontend", [infra.frontend(ctx)])
     placement = place(inv) if placement is None else placement
     if placement.problems:
         raise PlanError("; ".join(message for _, message in placement.problems))
+    if inv.frontend is not None:
+        add("frontend", [infra.frontend(ctx, replicas=sum(len(placement.replicas[g.name]) for g in inv.workers))])
     for i, group in enumerate(inv.workers):
         for replica in placement.replicas[group.name]:
             add(group.name, _BACKENDS[group.backend].processes(ctx, replica, ("workers", i)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..model import TLS_DIR, TLS_FILES, EnvValue, Health, Host, Inventory, Restart, SecretRef
 from ..tomlpos import KeyPath, format_path
-from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec, work_dir
+from .spec import Env, Gate, Probe, ProbeKind, ProcessSpec, Routing, work_dir
 
 __all__ = ["Context"]
 
@@ -50,6 +50,24 @@ class Context:
     def _tls_sources(self) -> dict[str, SecretRef]:
         """Path on a node → the head's copy, for every TLS file a client may get."""
         return {self.tls_path(TLS_FILES[var]): ref for var, ref in (*self.inv.etcd_tls, *self.inv.nats_tls)}
+
+    @property
+    def frontend_address(self) -> str:
+        """Where the frontend is reached: its ``bind`` address, or its host's when it listens on
+        every interface (or binds nothing)."""
+        f = self.inv.frontend
+        assert f is not None
+        listen = f.bind or self.inv.host(f.host).address
+        return self.inv.host(f.host).address if listen in ("0.0.0.0", "::") else listen
+
+    def routing(self, address: str, system_port: int) -> Routing:
+        """The :class:`Routing` of a Dynamo worker whose system-status server is ``address:system_port``."""
+        routing = Routing(metrics_url=f"http://{_hostport(address, system_port)}/metrics")
+        f = self.inv.frontend
+        if f is None:
+            return routing
+        url = f"http://{_hostport(self.frontend_address, f.http_port)}/health"
+        return Routing(routing.metrics_url, frontend="frontend", frontend_url=url)
 
     def infra_gates(self) -> tuple[Gate, ...]:
         """NATS and etcd ready, for the ones the launcher runs itself."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 
-from ..model import SecretRef
+from ..model import MIGRATION_LIMIT, SecretRef
 from ..tomlpos import KeyPath
 from .context import Context
 from .spec import ProcessSpec
@@ -189,23 +189,28 @@ def _server_files(ctx: Context) -> list[tuple[str, SecretRef]]:
     return [(ctx.tls_path("server.pem"), cert), (ctx.tls_path("server-key.pem"), key)]
 
 
-def frontend(ctx: Context) -> ProcessSpec:
-    """``python -m dynamo.frontend --http-host A --http-port P --router-mode M``; ready on ``/health``.
+def frontend(ctx: Context, *, replicas: int = 0) -> ProcessSpec:
+    """``python -m dynamo.frontend --http-host A --http-port P --router-mode M [--migration-limit N]``;
+    ready on ``/health``.
 
     It listens on its host's cluster address (Dynamo's default is every interface), or on
-    ``frontend.bind``."""
+    ``frontend.bind``. With more than one worker ``replicas`` behind it, a request whose worker
+    dies is retried on another (:data:`~dynamo_launch.model.MIGRATION_LIMIT` times) unless
+    ``frontend.migration_limit`` says otherwise (0: off, as Dynamo's default)."""
     f = ctx.inv.frontend
     assert f is not None
     address = ctx.inv.host(f.host).address
     origin: KeyPath = ("frontend",)
     listen = f.bind or address
-    probe = ctx.http(f.health, address if listen in ("0.0.0.0", "::") else listen, f.http_port, f.health.path)
+    probe = ctx.http(f.health, ctx.frontend_address, f.http_port, f.health.path)
+    migration = f.migration_limit if f.migration_limit is not None else (MIGRATION_LIMIT if replicas > 1 else 0)
     return ctx.spec(
         name="frontend",
         host=f.host,
         kind="frontend",
         argv=[ctx.python(f.host), "-m", "dynamo.frontend", "--http-host", listen, "--http-port",
-              str(f.http_port), "--router-mode", f.router_mode, *f.extra_args],
+              str(f.http_port), "--router-mode", f.router_mode,
+              *(["--migration-limit", str(migration)] if migration else []), *f.extra_args],
         origin=origin,
         restart=f.restart,
         health=f.health,

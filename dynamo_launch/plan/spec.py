@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..model import EnvValue, Health, Restart, SecretRef, SshSettings
 from ..tomlpos import KeyPath
 
-__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind", "work_dir"]
+__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind", "Routing", "work_dir"]
 
 
 def work_dir(state_dir: str) -> str:
@@ -87,6 +87,21 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How the daemon tells that the frontend routes to a Dynamo worker, and which discovery
+    instance the worker is (routing-aware readiness; removal of a dead instance).
+
+    ``metrics_url`` is the worker's system-status ``/metrics``, whose ``worker_id`` label names its
+    instance (the id of the etcd lease it registered under); ``frontend_url`` is the ``/health``
+    of the frontend process ``frontend``, which lists every instance that frontend routes to.
+    """
+
+    metrics_url: str
+    frontend: str = ""
+    frontend_url: str = ""
+
+
+@dataclass(frozen=True)
 class Env:
     """One environment variable; ``value`` may be a secret reference."""
 
@@ -127,6 +142,9 @@ class ProcessSpec:
     files: tuple[Env, ...] = ()
     """TLS files the node's agent writes (0600, in ``<state_dir>/tls/``) before each start: ``name``
     the path on the node, ``value`` the head's copy (a secret reference)."""
+    routing: Routing | None = field(default=None, compare=False)
+    """A Dynamo worker's instance and the frontend that routes to it (derived: a moved frontend
+    changes it, which restarts no worker)."""
 
 
 @dataclass(frozen=True)

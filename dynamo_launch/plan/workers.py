@@ -43,7 +43,8 @@ def leader_spec(
 
     Ready on its system-status ``/health``; alive on ``/live`` (the Dynamo operator's split:
     liveness runs only once ready, so a worker that turns not-ready under load is not killed
-    for it). ``node`` is for layouts where every node serves (vLLM DP with hybrid LB); such a
+    for it). Once ``/health`` answers it is READY only when the frontend routes to it
+    (:class:`~dynamo_launch.plan.spec.Routing`). ``node`` is for layouts where every node serves (vLLM DP with hybrid LB); such a
     worker is named like a rank and is not the gang's leader.
     """
     group = replica.group
@@ -54,8 +55,9 @@ def leader_spec(
     address = ctx.inv.host(node.host).address
     readiness = ctx.http(health, address, port, "/health")
     liveness: Probe | None = ctx.http(health, address, port, "/live")
+    routing = ctx.routing(address, port)
     if health.check == "process":
-        readiness, liveness = ctx.alive(health), None
+        readiness, liveness, routing = ctx.alive(health), None, None
     return ctx.spec(
         name=rank_name(replica, node),
         host=node.host,
@@ -73,6 +75,7 @@ def leader_spec(
         leader=replica.multi_node and is_leader,
         gpus=node.gpus,
         ports=[(port, ("cluster", "system_port")), *ports],
+        routing=routing,
     )
 
 

@@ -311,3 +311,48 @@ def test_frontend_flags_the_launcher_renders_are_refused_in_extra_args() -> None
         _plan('[frontend]\nextra_args = ["--http-host=0.0.0.0", "--kv-cache-block-size", "16"]\n')
     assert [str(p) for p in e.value.problems] == [
         "/etc/dl/t.toml:19: frontend.extra_args[0]: --http-host is rendered by the launcher; set frontend.bind instead"]
+
+
+AGG = """
+[frontend]
+{frontend}
+
+[[workers]]
+name = "w"
+backend = "mocker"
+model = "m"
+hosts = [{hosts}]
+"""
+
+
+@pytest.mark.parametrize("hosts, frontend, limit", [
+    ('"a", "b"', "", "3"),                        # two replicas: a dead worker's requests move to the other
+    ('"a"', "", None),                            # one replica: nowhere to move them (Dynamo's default, off)
+    ('"a", "b"', "migration_limit = 0", None),    # turned off
+    ('"a"', "migration_limit = 5", "5"),          # asked for
+])
+def test_request_migration_is_on_when_more_than_one_replica_serves(hosts: str, frontend: str,
+                                                                   limit: str | None) -> None:
+    argv = _plan(AGG.format(hosts=hosts, frontend=frontend)).process("frontend").argv
+    assert (argv[argv.index("--migration-limit") + 1] if "--migration-limit" in argv else None) == limit
+    assert argv.count("--migration-limit") <= 1
+
+
+def test_a_dynamo_worker_knows_its_metrics_and_the_frontend_that_must_route_to_it() -> None:
+    plan = _plan(AGG.format(hosts='"a", "b"', frontend='host = "b"\nbind = "0.0.0.0"\nhttp_port = 8080'))
+    routing = plan.process("w-1").routing
+    assert routing is not None
+    assert routing.metrics_url == "http://10.0.0.2:9090/metrics"
+    assert (routing.frontend, routing.frontend_url) == ("frontend", "http://10.0.0.2:8080/health")
+    assert plan.process("frontend").routing is None and plan.process("nats").routing is None
+
+
+def test_a_worker_with_a_process_check_has_no_routing_readiness() -> None:
+    plan = _plan(AGG.format(hosts='"a"', frontend="") + '[workers.health]\ncheck = "process"\n')
+    assert plan.process("w-0").routing is None
+
+
+def test_max_unavailable_is_read_and_checked() -> None:
+    with pytest.raises(InventoryError) as e:
+        _plan(AGG.format(hosts='"a"', frontend="") + "max_unavailable = 0\n")
+    assert "workers[0].max_unavailable" in str(e.value)
