@@ -61,15 +61,16 @@ def validate(inventory: str) -> None:
               help="Show what `reload` would change in the running cluster: new, removed, restarted, unchanged.")
 @click.option("--exit-code", is_flag=True,
               help="With --diff: exit 1 when a reload would change something, 0 when not (as `git diff --exit-code`).")
-def plan(inventory: str, as_json: bool, as_diff: bool, exit_code: bool) -> None:
+@click.option("--all-at-once", is_flag=True, help="With --diff: the steps of `reload --all-at-once`.")
+def plan(inventory: str, as_json: bool, as_diff: bool, exit_code: bool, all_at_once: bool) -> None:
     """Print what `up` would start: per host, in start order, pasteable commands (secrets masked)."""
     from .plan.render import to_json, to_text
 
-    if exit_code and not as_diff:
-        _fail("--exit-code goes with --diff")
+    if (exit_code or all_at_once) and not as_diff:
+        _fail(f"{'--exit-code' if exit_code else '--all-at-once'} goes with --diff")
     result = _plan(inventory)
     if as_diff:
-        answer = _ask(result.cluster, "diff", path=os.path.abspath(inventory))
+        answer = _ask(result.cluster, "diff", path=os.path.abspath(inventory), all_at_once=all_at_once)
         click.echo(_json(answer["diff"]) if as_json else _lines(answer["text"]), nl=False)
         d = answer["diff"]
         sys.exit(1 if exit_code and (d["added"] or d["removed"] or d["changed"]) else 0)
@@ -268,35 +269,72 @@ def logs_cmd(name: str, cluster: str | None, follow: bool, lines: int) -> None:
         return
 
 
+WAIT = click.option("--wait", is_flag=True, help="Wait until every step is done, report each, exit 1 if one failed.")
+ALL_AT_ONCE = click.option("--all-at-once", is_flag=True,
+                           help="Take every replica of a group down together instead of max_unavailable at a time "
+                                "(its model is unavailable meanwhile).")
+ROLLOUT_TIMEOUT = 7 * 24 * 3600.0  # --wait: the daemon bounds every step by its startup deadline
+
+
 @main.command()
 @click.argument("target")
 @CLUSTER
-def restart(target: str, cluster: str | None) -> None:
-    """Restart TARGET: a process, a gang (every member, new generation) or a group; clears FAILED."""
-    touched = _ask(cluster, "restart", target=target)["restarted"]
-    click.echo(clean("restarting: " + ", ".join(map(str, touched))))
+@WAIT
+@ALL_AT_ONCE
+def restart(target: str, cluster: str | None, wait: bool, all_at_once: bool) -> None:
+    """Restart TARGET: a process, a gang (every member, new generation) or a group; clears FAILED.
+
+    A group restarts max_unavailable replicas at a time (a gang counts as one), each step
+    waiting until the new copies are READY (a Dynamo worker: the frontend routes to it).
+    """
+    answer = _ask(cluster, "restart", timeout=ROLLOUT_TIMEOUT if wait else 30.0, target=target, wait=wait,
+                  all_at_once=all_at_once)
+    units = answer["steps"]
+    click.echo(clean(f"restarting {target} in {len(units)} step(s): " + "; ".join(", ".join(u) for u in units)))
+    _report_rollout(answer)
 
 
 @main.command()
 @click.argument("inventory", required=False, type=click.Path(dir_okay=False))
 @CLUSTER
-def reload(inventory: str | None, cluster: str | None) -> None:
+@WAIT
+@ALL_AT_ONCE
+def reload(inventory: str | None, cluster: str | None, wait: bool, all_at_once: bool) -> None:
     """Re-read the inventory (or INVENTORY) and apply the difference to the running cluster.
 
-    Unchanged processes keep running untouched; changed ones restart one group at a time
-    (gangs as a unit); removed ones stop; new ones start. A bad file changes nothing.
-    Same as SIGHUP to `up`. `plan --diff` shows the difference first.
+    Unchanged processes keep running untouched; changed ones are replaced max_unavailable
+    replicas of a group at a time (gangs as a unit), each step waiting until the new copies are
+    READY; removed ones stop; new ones start. A bad file changes nothing. Same as SIGHUP to
+    `up`. `plan --diff` shows the difference first.
     """
     if inventory:
         cluster = cluster or _plan(inventory).cluster
     args = {"path": os.path.abspath(inventory)} if inventory else {}
-    answer = _ask(cluster, "reload", **args)
+    answer = _ask(cluster, "reload", timeout=ROLLOUT_TIMEOUT if wait else 30.0, wait=wait, all_at_once=all_at_once,
+                  **args)
     click.echo(_lines(answer["text"]), nl=False)
-    if answer.get("reloading", True):
-        click.echo("reloading: follow it with `dynamo-launch events -f`")
     if answer.get("previous") and answer.get("inventory") != answer["previous"]:
         click.echo(clean(f"from now on the daemon reads {answer['inventory']} on every reload (SIGHUP, "
                          f"`systemctl reload`), not {answer['previous']}"))
+    if answer.get("reloading", True):
+        _report_rollout(answer)
+
+
+def _report_rollout(answer: dict) -> None:
+    """What a restart or reload leaves unavailable; with ``--wait``, each step and how it ended."""
+    for note in answer.get("unavailable") or ():
+        click.echo(clean(f"note: {note}"))
+    outcome = answer.get("outcome")
+    if outcome is None:
+        click.echo("follow it with `dynamo-launch events -f` (or wait for it: --wait)")
+        return
+    for s in outcome["steps"]:
+        how = "ready" if s["ready"] else "NOT READY"
+        states = ", ".join(f"{n} {st} (generation {s['generations'][n]})" for n, st in s["states"].items())
+        click.echo(clean(f"step {s['step']}/{s['of']}: {states}: {how} after {s['seconds']:.1f}s"))
+    if outcome["halted"]:
+        _fail(f"halted at {outcome['halted']}")
+    click.echo(f"done: {len(outcome['steps'])} step(s)")
 
 
 @main.command()

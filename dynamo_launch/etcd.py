@@ -287,6 +287,13 @@ class EtcdClient:
         info = await self._call("lease info", lambda c: c.get_lease_info(lease, keys=False))
         return int(info.TTL)
 
+    async def lease_keys(self, lease: int) -> list[str] | None:
+        """The keys attached to ``lease``, or None when it is gone."""
+        info = await self._call("lease info", lambda c: c.get_lease_info(lease, keys=True))
+        if int(info.TTL) <= 0:
+            return None
+        return [k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in info.keys]
+
     async def revoke_lease(self, lease: int) -> None:
         """Revoke ``lease`` (its keys are deleted); a lease that is already gone is fine."""
         try:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["ProbeResult", "http_get", "tls_context", "ray_nodes_argv", "judge_ray_nodes", "tcp_connect"]
+__all__ = ["ProbeResult", "http_fetch", "http_get", "tls_context", "ray_nodes_argv", "judge_ray_nodes", "tcp_connect"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,43 @@ async def http_get(url: str, timeout: float, *, ca: str = "") -> ProbeResult:
     return ProbeResult(ok, f"GET {url}: {status}", time.monotonic() - start)
 
 
+async def http_fetch(url: str, timeout: float, *, limit: int = 8 << 20) -> tuple[int, bytes]:
+    """GET ``url`` (plain HTTP/1.0, so no chunked body): ``(status, body)``, the body cut at
+    ``limit`` bytes. Raises OSError, ValueError or asyncio.TimeoutError."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    async def fetch() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            writer.write(f"GET {target} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())
+            await writer.drain()
+            status = _status(await reader.readline())
+            while (await reader.readline()).strip():  # headers: the body ends with the connection
+                pass
+            return status, await reader.read(limit)
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(fetch(), timeout)
+
+
+def _status(line: bytes) -> int:
+    fields = line.decode("latin-1").split()
+    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+        raise ValueError(f"not an HTTP response: {line[:40]!r}")
+    return int(fields[1])
+
+
 async def _get_status(host: str, port: int, target: str, tls: ssl.SSLContext | None = None) -> int:
     reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())
         await writer.drain()
-        line = await reader.readline()
-        fields = line.decode("latin-1").split()
-        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-            raise ValueError(f"not an HTTP response: {line[:40]!r}")
-        return int(fields[1])
+        return _status(await reader.readline())
     finally:
         writer.close()
 

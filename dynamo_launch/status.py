@@ -92,4 +92,7 @@ def _health(p: dict[str, Any]) -> str:
     """The HEALTH column: the probe's last word, after why it is down when it is."""
     if p["state"] in ("FAILED", "BACKOFF", "UNKNOWN") and p["reason"]:
         return p["reason"] if p["health"] in ("", p["reason"]) else f"{p['reason']}; {p['health']}"
+    routing = p.get("routing")  # a Dynamo worker: does the frontend route to it (older daemons: absent)
+    if routing and p["state"] in ("READY", "RUNNING") and routing not in (p["health"] or ""):
+        return f"{p['health']}; {routing}" if p["health"] else routing
     return p["health"] or ""

@@ -6,6 +6,7 @@ An error raised here reaches the client as one line (:class:`~dynamo_launch.cont
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, Protocol
 
@@ -24,7 +25,11 @@ class Controlled(Supervised, Protocol):
 
     def diff(self, path: str | None = None) -> tuple[Plan, Inventory, PlanDiff]: ...
 
-    def start_reload(self, path: str | None = None) -> PlanDiff: ...
+    def start_reload(self, path: str | None = None, *,
+                     all_at_once: bool = False) -> tuple[PlanDiff, list[str], asyncio.Task]: ...
+
+    def start_restart(self, target: str, *,
+                      all_at_once: bool = False) -> tuple[list[tuple[str, ...]], list[str], asyncio.Task]: ...
 
     async def stop_and_wait(self) -> Any: ...
 
@@ -35,8 +40,9 @@ class Controlled(Supervised, Protocol):
 
 
 _MISSING: Any = object()
-_ARGS = {"status": set(), "restart": {"target"}, "events": {"since"}, "logs": {"name", "lines", "offset", "max_bytes"},
-         "diff": {"path"}, "reload": {"path"}, "down": set()}
+_ARGS = {"status": set(), "restart": {"target", "wait", "all_at_once"}, "events": {"since"},
+         "logs": {"name", "lines", "offset", "max_bytes"}, "diff": {"path", "all_at_once"},
+         "reload": {"path", "wait", "all_at_once"}, "down": set()}
 
 
 def _arg(req: dict[str, Any], key: str, kind: type, default: Any = _MISSING, *, low: int = 0,
@@ -51,6 +57,8 @@ def _arg(req: dict[str, Any], key: str, kind: type, default: Any = _MISSING, *, 
         raise BadRequest(f"{key!r} must be an integer from {low} to {high}")
     if kind is str and (not isinstance(value, str) or not value or len(value) > 4096):
         raise BadRequest(f"{key!r} must be a non-empty string")
+    if kind is bool and not isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be true or false")
     return value
 
 
@@ -70,7 +78,13 @@ async def handle(daemon: Controlled, req: dict[str, Any]) -> dict[str, Any]:
     if op == "status":
         return snapshot(daemon)
     if op == "restart":
-        return {"restarted": daemon.runner.restart(_arg(req, "target", str))}
+        units, notes, task = daemon.start_restart(_arg(req, "target", str),
+                                                  all_at_once=_arg(req, "all_at_once", bool, False))
+        answer: dict[str, Any] = {"restarted": sorted(n for u in units for n in u), "steps": [list(u) for u in units],
+                                  "unavailable": notes}
+        if _arg(req, "wait", bool, False):
+            answer["outcome"] = (await asyncio.shield(task)).as_dict()
+        return answer
     if op == "events":
         return {"events": daemon.events_since(_arg(req, "since", int, 0))}
     if op == "logs":
@@ -80,14 +94,17 @@ async def handle(daemon: Controlled, req: dict[str, Any]) -> dict[str, Any]:
                                          max_bytes=_arg(req, "max_bytes", int, 1 << 20, high=1 << 20))
         return await daemon.read_log(name, lines=_arg(req, "lines", int, 100, high=1 << 20))
     if op == "diff":
-        d = daemon.diff(_arg(req, "path", str, None))[2]
+        d = daemon.diff(_arg(req, "path", str, None), all_at_once=_arg(req, "all_at_once", bool, False))[2]
         return {"text": render_diff(d), "diff": d.as_dict()}
     if op == "reload":
         previous, path = daemon.inventory_path, _arg(req, "path", str, None)
-        d = daemon.start_reload(path)
+        d, notes, task = daemon.start_reload(path, all_at_once=_arg(req, "all_at_once", bool, False))
         # the file every later reload (SIGHUP, `systemctl reload`) reads: the client says so when it moved
-        return {"text": render_diff(d), "diff": d.as_dict(), "reloading": not d.empty,
-                "inventory": os.path.abspath(path or previous), "previous": previous}
+        answer = {"text": render_diff(d), "diff": d.as_dict(), "reloading": not d.empty, "unavailable": notes,
+                  "inventory": os.path.abspath(path or previous), "previous": previous}
+        if _arg(req, "wait", bool, False):
+            answer["outcome"] = (await asyncio.shield(task)).as_dict()
+        return answer
     report = await daemon.stop_and_wait()  # down
     return {"stopped": report.stopped, "unknown": report.unknown, "leftovers": report.leftovers,
             "clean": report.clean}

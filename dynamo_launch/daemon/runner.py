@@ -19,8 +19,9 @@ from typing import Any
 
 import structlog
 
-from .. import secrets
+from .. import routing, secrets
 from ..errors import AgentError, CommandTimeout, DynamoLaunchError, IllegalTransition, TransportError
+from ..health import http_fetch
 from ..plan.spec import Gang, Plan, Probe, ProbeKind, ProcessSpec
 from ..supervisor import (
     Adopted,
@@ -67,6 +68,7 @@ LOG_MAX_BYTES = 64 << 20  # per log file before rotation
 LOG_BACKUPS = 3
 SIGNAL_TIMEOUT = 5.0  # an agent answers a signal request at once; silence means the link stalled
 TREE_INTERVAL = 10.0  # seconds between reads of each host's process trees (size, memory) for status
+DEREGISTER_TIMEOUT = 2.0  # a planned stop waits this long at most for the worker's removal from discovery
 UP_STATES = (State.READY, State.RUNNING)
 Target = tuple[str, str]  # ("proc" | "gang", name)
 
@@ -88,6 +90,8 @@ class Proc:
         self.probe_seconds: float | None = None  # duration of the last health probe
         self.tree: dict[str, Any] | None = None  # the agent's count of the copy's process tree and memory
         self.last_lines = ""  # the end of its log when the last copy exited (secrets redacted), for status
+        self.instance: int | None = None  # the current copy's Dynamo instance (etcd lease), learned at readiness
+        self.routing = ""  # the last word on whether the frontend routes to it, for status
 
     @property
     def name(self) -> str:
@@ -100,8 +104,12 @@ class Runner:
 
     def __init__(self, plan: Plan, links: Mapping[str, HostLink], launch_id: str, *,
                  on_notify: Callable[[str, Notify], None] = lambda name, n: None,
-                 on_records: Callable[[], None] = lambda: None):
+                 on_records: Callable[[], None] = lambda: None,
+                 etcd: Callable[[], Any] = lambda: None):
+        """``etcd`` gives the etcd client (:class:`~dynamo_launch.etcd.EtcdClient`) that removes a
+        dead worker from Dynamo's discovery, or None while there is none."""
         self.plan, self.links, self.launch_id = plan, links, launch_id
+        self._etcd = etcd
         self.procs = {s.name: Proc(s) for s in plan.processes}
         self.gangs = {g.name: GangMachine.from_gang(g) for g in plan.gangs}
         self._on_notify, self._on_records = on_notify, on_records
@@ -224,8 +232,12 @@ class Runner:
     # --- operator requests --------------------------------------------------------------------------
 
     def restart(self, target: str) -> list[str]:
-        """Restart a process, a gang or a group (gang aware; clears FAILED). Returns what it touched."""
-        names = self.resolve(target)
+        """Restart a process, a gang or a group, all at once (gang aware; clears FAILED). Returns
+        what it touched. (The operator's ``restart`` rolls: :func:`~dynamo_launch.daemon.reload.restart`.)"""
+        return self.restart_names(self.resolve(target))
+
+    def restart_names(self, names: set[str]) -> list[str]:
+        """Restart the processes ``names`` and every gang one of them belongs to (clears FAILED)."""
         gangs = {self.procs[n].spec.group for n in names} - {None}
         for gang in sorted(gangs):  # type: ignore[arg-type]
             m = self.gangs[gang]
@@ -363,6 +375,8 @@ class Runner:
         for p in self.procs.values():
             if p.spec.host == host:
                 self.post(("proc", p.name), HostLost())
+                if p.instance is not None:  # nothing can reach it through this partition either
+                    self._spawn_task(self._deregister(p, "host unreachable"))
 
     async def on_host_back(self, host: str, records: list[dict[str, Any]]) -> None:
         """Reconcile ``host`` after a loss: adopt live records, count the rest gone, kill strays."""
@@ -495,10 +509,11 @@ class Runner:
         _cancel(timers, a.kind)
         timers[a.kind] = asyncio.get_running_loop().call_at(a.at, self.post, target, TimerFired(a.kind, a.at))
 
-    def _spawn_task(self, coro: Any) -> None:
+    def _spawn_task(self, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _proc_tasks(self) -> list[asyncio.Task]:
         return [t for p in self.procs.values() for t in (p.probe_task, p.gate_task) if t is not None]
@@ -532,6 +547,7 @@ class Runner:
             if link.up:
                 await self._take_existing(p, str(e))
             return
+        p.instance, p.routing = None, ""  # a new copy registers under a new lease
         p.record = {"name": spec.name, "pid": int(result["pid"]), "start_time": result.get("start_time"),
                     "boot_id": result.get("boot_id"), "launch_id": self.launch_id, "generation": generation,
                     "started_at": float(result.get("started_at") or time.time())}
@@ -572,6 +588,9 @@ class Runner:
         if not await link.confirm():
             self.log.warning("signal not sent: host unreachable", process=p.name, signal=signal, host=p.spec.host)
             return
+        if signal == "TERM" and p.instance is not None:
+            # Out of routing first: requests stop going to it before it stops taking them.
+            await asyncio.wait({self._spawn_task(self._deregister(p, "stopping"))}, timeout=DEREGISTER_TIMEOUT)
         try:
             answer = await link.call("signal", timeout=SIGNAL_TIMEOUT, name=p.name, pid=int(rec["pid"]),
                                      start_time=rec.get("start_time"), signal=signal)
@@ -596,6 +615,8 @@ class Runner:
         p.record["exit"] = {"code": event.get("code"), "signal": event.get("signal"), "at": at}
         p.last_lines = secrets.redact(str(event.get("last_lines") or ""), p.spec.env)
         self.post(("proc", p.name), Exited(event.get("code"), event.get("signal"), int(event["pid"])))
+        if p.instance is not None or p.routing:  # a routed worker: its instance, or why it is unknown
+            self._spawn_task(self._deregister(p, "exited"))
 
     async def _read_trees(self) -> None:
         """Every TREE_INTERVAL, each answering host's records: how many processes each copy's
@@ -630,6 +651,9 @@ class Runner:
             started = self.now()
             ok, detail = await self.probe(probe, self._ray_since(p, probe))
             p.health, p.probe_seconds = detail, self.now() - started
+            if kind == "readiness" and ok and p.spec.routing is not None:
+                ok, p.routing = await self._routed(p)
+                p.health = f"{detail}; {p.routing}"
             if kind == "liveness" and not ok and not await self.links[p.spec.host].confirm():
                 # A probe that cannot reach a host is no evidence that the process died: the host
                 # is suspected lost instead, and its processes become UNKNOWN, not killed.
@@ -641,6 +665,68 @@ class Runner:
                     return
             delay = probe.interval if kind == "liveness" else min(delay * 2, probe.interval, 1.0)
             await asyncio.sleep(delay)
+
+    async def _routed(self, p: Proc) -> tuple[bool, str]:
+        """Routing-aware readiness of a Dynamo worker whose ``/health`` answers: ``(ready, detail)``.
+
+        Its instance comes from its own ``/metrics``; it is ready once the frontend lists that
+        instance, and waits while the frontend is starting. Where routing cannot be known (no
+        frontend, or one that is down; no worker id in the metrics) it is ready on its health
+        alone, and the detail says routing is unconfirmed: a worker is never held back, nor killed
+        at its startup deadline, by a frontend that does not come.
+        """
+        r = p.spec.routing
+        assert r is not None
+        timeout = p.spec.readiness.timeout
+        if p.instance is None:
+            try:
+                status, body = await http_fetch(r.metrics_url, timeout)
+            except (OSError, ValueError, asyncio.TimeoutError) as e:
+                return False, f"GET {r.metrics_url}: {e or type(e).__name__}"
+            instance, why = routing.worker_instance(body.decode("utf-8", "replace")) if status == 200 else (
+                None, f"its /metrics answered {status}")
+            if instance is None:
+                return True, f"routing unconfirmed: {why}"
+            p.instance = instance
+        ident = routing.instance_hex(p.instance)
+        frontend = self.procs.get(r.frontend)
+        if not r.frontend_url or frontend is None:
+            return True, f"routing unconfirmed (no frontend): instance {ident}"
+        state = frontend.machine.state
+        if state in (State.WAITING, State.STARTING):  # on its way: it will say
+            return False, f"instance {ident}: waiting for the frontend to be ready"
+        if state not in UP_STATES:
+            return True, f"routing unconfirmed (frontend {state.value}): instance {ident}"
+        try:
+            status, body = await http_fetch(r.frontend_url, timeout)
+        except (OSError, ValueError, asyncio.TimeoutError) as e:
+            return False, f"GET {r.frontend_url}: {e or type(e).__name__}"
+        if status != 200:
+            return False, f"GET {r.frontend_url}: {status}"
+        return routing.routes_to(body.decode("utf-8", "replace"), p.instance)
+
+    async def _deregister(self, p: Proc, why: str) -> None:
+        """Take ``p``'s Dynamo instance out of discovery now (it exited, is stopping, or its host
+        is lost), rather than when its lease runs out; an event says what was done, or why not."""
+        instance, learned, p.instance, p.routing = p.instance, p.routing, None, ""
+        if instance is None:
+            self._on_notify(p.name, Notify("deregister-skipped", f"{p.name} ({why}): its Dynamo instance was never "
+                                           f"learned ({learned or 'not ready'}): left to its lease", {"reason": why}))
+            return
+        ident = routing.instance_hex(instance)
+        data = {"instance": ident, "reason": why}
+        shared = sorted(q.name for q in self.procs.values() if q.instance == instance)
+        client = self._etcd()
+        if shared or client is None:
+            detail = (f"instance {ident} is also {', '.join(shared)}'s: left alone" if shared
+                      else f"instance {ident}: no etcd client: left to its lease")
+            self._on_notify(p.name, Notify("deregister-skipped", f"{p.name} ({why}): {detail}", data))
+            return
+        started = self.now()
+        removed, detail = await routing.remove_instance(client, instance, address=p.spec.address)
+        data["seconds"] = round(self.now() - started, 4)
+        kind = "deregistered" if removed else "deregister-skipped"
+        self._on_notify(p.name, Notify(kind, f"{p.name} ({why}): {detail}", data))
 
     async def probe(self, probe: Probe, since: Mapping[str, float] | None = None) -> tuple[bool, str]:
         """Run one probe: ``(ok, detail)``. Never raises for an unhealthy target."""

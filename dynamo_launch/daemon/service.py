@@ -47,7 +47,7 @@ from ..metrics import MetricsServer
 from ..metrics import render as render_metrics
 from ..mirror import Mirror
 from ..model import Inventory
-from ..plan.diff import PlanDiff
+from ..plan.diff import PlanDiff, steps
 from ..plan.diff import diff as diff_plans
 from ..plan.spec import Env, Plan, PlanHost
 from ..preflight import Check, run_preflight
@@ -172,7 +172,8 @@ class Daemon:
         adoption = plan_adoption(self.plan, records, self.launch_id, _believed_running(saved, later))
         await self._stop_records(adoption.stop)
         self.runner = Runner(self.plan, self.links, self.launch_id, on_notify=self._notify,
-                             on_records=self._records_changed)
+                             on_records=self._records_changed,
+                             etcd=lambda: self.mirror.client if self.mirror is not None else None)
         for link in self.links.values():
             keep = {n: int(r["generation"]) for n, r in adoption.adopt.items() if self.plan.process(n).host == link.name}
             await self.runner.kill_strays(link, keep)
@@ -426,6 +427,10 @@ class Daemon:
         """Stop every process in reverse dependency order, verify, forget the launch if clean."""
         assert self.runner is not None
         self._log.info("stopping every process", reason=reason)
+        if self._reload_task is not None and not self._reload_task.done():  # its next step would start things
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reload_task
         # NATS and etcd last, and only once the leader key is released and the events flushed:
         # stopped first, the next `up` would find this daemon's key in etcd's data and wait it out.
         t0 = time.monotonic()
@@ -495,19 +500,21 @@ class Daemon:
         if self.runner is None:
             return
         if self._reload_task is not None and not self._reload_task.done():
-            self._log.warning("reload already in progress: ignored")
+            self._log.warning("a reload or restart is in progress: reload ignored")
             return
         self._reload_task = asyncio.create_task(self._reload_logged(), name="reload")
 
-    async def _reload_logged(self, path: str | None = None) -> None:
+    async def _reload_logged(self, path: str | None = None, all_at_once: bool = False) -> reload.Outcome:
         try:
-            await self.reload(path)
+            return await self.reload(path, all_at_once=all_at_once)
         except DynamoLaunchError as e:
             self._notify("", Notify("reload-failed", f"reload failed: {e}"))
             self.notifier.ready(self.status_line())
+            return reload.Outcome(halted=str(e))
 
-    def diff(self, path: str | None = None) -> tuple[Plan, Inventory, PlanDiff]:
-        """The new plan of ``path`` (default: the inventory in use) and its difference."""
+    def diff(self, path: str | None = None, *, all_at_once: bool = False) -> tuple[Plan, Inventory, PlanDiff]:
+        """The new plan of ``path`` (default: the inventory in use) and its difference
+        (``all_at_once``: in steps of whole groups)."""
         path = os.path.abspath(path or self.inventory_path)
         try:
             inv, plan = load_plan(path)
@@ -517,12 +524,12 @@ class Daemon:
             if getattr(plan, what) != getattr(self.plan, what):
                 raise DynamoLaunchError(f"{path}: {what} changed ({getattr(self.plan, what)!r} → "
                                         f"{getattr(plan, what)!r}): that needs `down` then `up`; nothing changed")
-        return plan, inv, diff_plans(self.plan, plan)
+        return plan, inv, diff_plans(self.plan, plan, all_at_once=all_at_once)
 
-    async def reload(self, path: str | None = None) -> PlanDiff:
-        """Apply the re-read inventory: see :meth:`Runner.apply`."""
+    async def reload(self, path: str | None = None, *, all_at_once: bool = False) -> reload.Outcome:
+        """Apply the re-read inventory: see :func:`~dynamo_launch.daemon.reload.apply`."""
         assert self.runner is not None
-        plan, inv, d = self.diff(path)
+        plan, inv, d = self.diff(path, all_at_once=all_at_once)
         started = time.monotonic()
         self.notifier.reloading(f"reloading: {len(d.changed)} to restart")
         self._notify("", Notify("reload", f"reload: {len(d.added)} new, {len(d.removed)} removed, "
@@ -532,17 +539,22 @@ class Daemon:
         for h in new_hosts:
             self.transports[h.name] = make_transport(h, accept_new_host_keys=self.accept_new_host_keys)
         await self._open_links(new_hosts)
-        await reload.apply(self.runner, plan, d)
-        for name in [n for n in self.links if n not in {h.name for h in plan.hosts}]:
-            await self.links.pop(name).close()
-        self.plan, self.inv = plan, inv
+        outcome, running = await reload.apply(self.runner, plan, d)
+        if not outcome.halted:
+            for name in [n for n in self.links if n not in {h.name for h in plan.hosts}]:
+                await self.links.pop(name).close()
+        self.plan, self.inv = running, inv
         self.inventory_path = os.path.abspath(path or self.inventory_path)
         self.save()
         self.timings["reload_seconds"] = round(time.monotonic() - started, 3)
         self.timings["reloads"] += 1
-        self._notify("", Notify("reloaded", f"reload done in {self.timings['reload_seconds']:.1f}s"))
+        if outcome.halted:
+            self._notify("", Notify("reload-halted", f"reload halted: {outcome.halted} (fix it, then reload again: "
+                                                     "the rest is taken then)", {"halted": outcome.halted}))
+        else:
+            self._notify("", Notify("reloaded", f"reload done in {self.timings['reload_seconds']:.1f}s"))
         self.notifier.ready(self.status_line())
-        return d
+        return outcome
 
     # --- state, events, control ------------------------------------------------------------------------
 
@@ -623,7 +635,8 @@ class Daemon:
         if name == "etcd" and n.kind == "ready" and self.mirror is not None:
             self.mirror.retry_now()  # take the leader key now, before the rest of the cluster starts
         self._mirror()
-        level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed") else "info"
+        level = "warning" if n.kind in ("failed", "gang-failed", "unhealthy", "host-unreachable", "spawn-failed",
+                                        "deregister-skipped") else "info"
         generation = proc.machine.generation if proc is not None else n.data.get("generation")
         getattr(self._log, level)(n.message, kind=n.kind, host=host, process=name or None, generation=generation)
 
@@ -639,14 +652,51 @@ class Daemon:
         if self.runner is not None:
             await self.runner.on_host_back(host, records)
 
-    def start_reload(self, path: str | None = None) -> PlanDiff:
-        """Begin a reload of ``path`` (default: the inventory in use) in the background and
-        return what it will change; a bad file, or a reload in progress, raises and changes nothing."""
-        d = self.diff(path)[2]
+    def start_reload(self, path: str | None = None, *,
+                     all_at_once: bool = False) -> tuple[PlanDiff, list[str], asyncio.Task]:
+        """Begin a reload of ``path`` (default: the inventory in use) in the background: what it
+        will change, what it leaves unavailable meanwhile (:func:`~dynamo_launch.daemon.reload.unavailable`),
+        and the task (its result: the :class:`~dynamo_launch.daemon.reload.Outcome`). A bad file,
+        or a rollout in progress, raises and changes nothing."""
+        plan, _, d = self.diff(path, all_at_once=all_at_once)
+        self._no_rollout_running()
+        notes = self._unavailable(list(d.units), plan.processes)
+        self._reload_task = asyncio.create_task(self._reload_logged(path, all_at_once), name="reload")
+        return d, notes, self._reload_task
+
+    def start_restart(self, target: str, *,
+                      all_at_once: bool = False) -> tuple[list[tuple[str, ...]], list[str], asyncio.Task]:
+        """Begin restarting ``target`` (a process, gang or group) in steps (:func:`~dynamo_launch.plan.diff.steps`):
+        the steps, what they leave unavailable meanwhile, and the task (as :meth:`start_reload`)."""
+        assert self.runner is not None
+        names = self.runner.resolve(target)
+        self._no_rollout_running()
+        units = steps([p.spec for n, p in self.runner.procs.items() if n in names], all_at_once=all_at_once)
+        self._notify("", Notify("restart", f"restart {target}: {len(units)} step(s)", {"steps": [list(u) for u in units]}))
+        notes = self._unavailable(units, [p.spec for p in self.runner.procs.values()])
+        self._reload_task = asyncio.create_task(self._restart_logged(target, units), name="restart")
+        return units, notes, self._reload_task
+
+    def _unavailable(self, units: list[tuple[str, ...]], specs: Any) -> list[str]:
+        notes = reload.unavailable(units, specs)
+        for note in notes:
+            self._notify("", Notify("rollout", note))
+        return notes
+
+    async def _restart_logged(self, target: str, units: list[tuple[str, ...]]) -> reload.Outcome:
+        assert self.runner is not None
+        outcome = await reload.restart(self.runner, units)
+        if outcome.halted:
+            self._notify("", Notify("restart-halted", f"restart {target} halted: {outcome.halted}",
+                                    {"halted": outcome.halted}))
+        else:
+            self._notify("", Notify("restarted", f"restart {target} done: {len(units)} step(s)"))
+        return outcome
+
+    def _no_rollout_running(self) -> None:
         if self._reload_task is not None and not self._reload_task.done():
-            raise DynamoLaunchError("a reload is already in progress")
-        self._reload_task = asyncio.create_task(self._reload_logged(path), name="reload")
-        return d
+            raise DynamoLaunchError(f"a {self._reload_task.get_name()} is in progress: wait for it "
+                                    "(`dynamo-launch events -f`), then try again")
 
     async def stop_and_wait(self) -> StopReport:
         """Ask :meth:`serve` to stop everything and wait for its report (``down`` through the socket)."""

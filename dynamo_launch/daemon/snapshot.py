@@ -50,6 +50,9 @@ def snapshot(daemon: Supervised) -> dict[str, Any]:
             "generation": m.generation,
             "last_exit": None if last is None else {"code": last.code, "signal": last.signal},
             "health": p.health,
+            # a Dynamo worker's discovery instance (its etcd lease, hex) and whether the frontend routes to it
+            "instance": None if p.instance is None else f"{p.instance:x}",
+            "routing": p.routing or None,
             "probe_seconds": None if p.probe_seconds is None else round(p.probe_seconds, 4),
             # the copy's whole tree as its node last counted it (every TREE_INTERVAL): processes
             # and bytes (cgroup memory.current where the node has it, else summed RSS)

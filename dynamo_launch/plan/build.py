@@ -15,7 +15,7 @@ from ..placement import Placement, place
 from . import generic, infra, mocker, sglang, trtllm, vllm
 from .context import Context
 from .ray import ray_processes
-from .spec import Gang, Plan, PlanHost, ProcessSpec
+from .spec import Plan, PlanHost, ProcessSpec, gangs_of
 
 __all__ = ["build"]
 
@@ -58,11 +58,6 @@ def build(inv: Inventory, placement: Placement | None = None) -> Plan:
         add(proc.name, generic.processes(ctx, i, proc, targets))
 
     ordered = _start_order(procs)
-    members: dict[str, list[str]] = defaultdict(list)
-    for p in ordered:
-        if p.group:
-            members[p.group].append(p.name)
-    gangs = tuple(Gang(name, tuple(names), next(p.restart for p in ordered if p.group == name)) for name, names in members.items())
     hosts = tuple(PlanHost(h.name, h.address, h.local, h.ssh, h.python or inv.cluster.python) for h in inv.hosts)
     return Plan(
         cluster=inv.cluster.name,
@@ -72,7 +67,7 @@ def build(inv: Inventory, placement: Placement | None = None) -> Plan:
         etcd_url=ctx.etcd_url,
         hosts=hosts,
         processes=tuple(ordered),
-        gangs=gangs,
+        gangs=gangs_of(ordered),
     )
 
 

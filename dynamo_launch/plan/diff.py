@@ -3,9 +3,9 @@
 A process is *unchanged* when everything that defines it — argv, env (secret references,
 not values), host and address, cwd, log file, probes, gates, restart policy, gang — is
 equal; its generation does not count. A changed member makes its whole gang changed (a
-multi-node replica restarts as a unit). Changed processes are grouped into *units* that a
-reload restarts one at a time, so the service stays up: a gang, or the processes of one
-inventory entry (``workers[1]``: every replica of one worker group).
+multi-node replica restarts as a unit). Changed processes are grouped into *steps* that a
+reload takes one at a time, so the service stays up (:func:`steps`): up to
+``max_unavailable`` replicas of one inventory entry each, a gang counting as one replica.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from .spec import Plan, ProcessSpec
 
-__all__ = ["PlanDiff", "diff", "render_diff"]
+__all__ = ["PlanDiff", "diff", "render_diff", "steps"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PlanDiff:
     removed: tuple[str, ...]
     changed: tuple[str, ...]
     unchanged: tuple[str, ...]
-    units: tuple[tuple[str, ...], ...]  # changed processes, in restart units, in start order
+    units: tuple[tuple[str, ...], ...]  # changed processes, in rollout steps (:func:`steps`), in start order
     why: dict[str, str]  # changed process → what changed, for people
 
     @property
@@ -54,8 +54,28 @@ def _what(a: ProcessSpec, b: ProcessSpec) -> str:
     return ", ".join(fields) or "settings"
 
 
-def diff(old: Plan, new: Plan) -> PlanDiff:
-    """Compare ``old`` (running) with ``new`` (the re-read inventory)."""
+def steps(specs: list[ProcessSpec], *, all_at_once: bool = False) -> list[tuple[str, ...]]:
+    """The steps of a rollout of ``specs`` (in start order): each inventory entry's replicas — a
+    gang, or one process — ``max_unavailable`` at a time (every replica at once with
+    ``all_at_once``), entries in the order of their first process."""
+    replicas: dict[str, dict[str, list[str]]] = {}  # entry → replica → its processes
+    width: dict[str, int] = {}
+    gang_entry: dict[str, str] = {}  # a gang's members may come from several entries: its first one's
+    for p in specs:
+        entry = gang_entry.setdefault(p.group, p.origin or p.name) if p.group else p.origin or p.name
+        replicas.setdefault(entry, {}).setdefault(f"gang {p.group}" if p.group else p.name, []).append(p.name)
+        width[entry] = max(width.get(entry, 1), p.max_unavailable)
+    out: list[tuple[str, ...]] = []
+    for entry, units in replicas.items():
+        batch = len(units) if all_at_once else width[entry]
+        members = list(units.values())
+        out += [tuple(n for unit in members[i:i + batch] for n in unit) for i in range(0, len(members), batch)]
+    return out
+
+
+def diff(old: Plan, new: Plan, *, all_at_once: bool = False) -> PlanDiff:
+    """Compare ``old`` (running) with ``new`` (the re-read inventory); ``all_at_once``: a changed
+    entry's replicas restart together instead of ``max_unavailable`` at a time."""
     old_p = {p.name: p for p in old.processes}
     new_p = {p.name: p for p in new.processes}
     why = {n: _what(old_p[n], new_p[n]) for n in new_p if n in old_p and not _same(old_p[n], new_p[n])}
@@ -66,20 +86,14 @@ def diff(old: Plan, new: Plan) -> PlanDiff:
         for m in g.members:
             if touched and m in old_p and m not in why:
                 why[m] = f"gang {g.name} restarts as a unit"
-    unit_of: dict[str, str] = {}
-    for p in new.processes:
-        if p.name in why:
-            unit_of[p.name] = f"gang {p.group}" if p.group else (p.origin or p.name)
-    units: dict[str, list[str]] = {}
-    for p in new.processes:  # start order: a unit restarts after what it depends on
-        if p.name in unit_of:
-            units.setdefault(unit_of[p.name], []).append(p.name)
+    # start order: a step restarts after what it depends on
+    units = steps([p for p in new.processes if p.name in why], all_at_once=all_at_once)
     return PlanDiff(
         added=tuple(n for n in new_p if n not in old_p),
         removed=tuple(n for n in old_p if n not in new_p),
         changed=tuple(n for n in new_p if n in why),
         unchanged=tuple(n for n in new_p if n in old_p and n not in why),
-        units=tuple(tuple(ms) for ms in units.values()),
+        units=tuple(units),
         why=why,
     )
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import enum
 import functools
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..model import EnvValue, Health, Restart, SecretRef, SshSettings
 from ..tomlpos import KeyPath
 
-__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind", "Routing", "work_dir"]
+__all__ = ["Env", "Gang", "Gate", "Plan", "PlanHost", "ProcessSpec", "Probe", "ProbeKind", "Routing", "gangs_of", "work_dir"]
 
 
 def work_dir(state_dir: str) -> str:
@@ -142,6 +143,8 @@ class ProcessSpec:
     files: tuple[Env, ...] = ()
     """TLS files the node's agent writes (0600, in ``<state_dir>/tls/``) before each start: ``name``
     the path on the node, ``value`` the head's copy (a secret reference)."""
+    max_unavailable: int = field(default=1, compare=False)
+    """How many replicas of its inventory entry a rollout (reload, restart) takes down at once."""
     routing: Routing | None = field(default=None, compare=False)
     """A Dynamo worker's instance and the frontend that routes to it (derived: a moved frontend
     changes it, which restarts no worker)."""
@@ -205,3 +208,13 @@ class Plan:
         for p in self.processes:
             grouped.setdefault(p.host, []).append(p)
         return {host: tuple(procs) for host, procs in grouped.items()}
+
+
+def gangs_of(processes: Iterable[ProcessSpec]) -> tuple[Gang, ...]:
+    """The gangs ``processes`` form (their ``group``s), members in the order given; a gang's
+    restart policy is its first member's."""
+    members: dict[str, list[ProcessSpec]] = {}
+    for p in processes:
+        if p.group:
+            members.setdefault(p.group, []).append(p)
+    return tuple(Gang(name, tuple(p.name for p in ps), ps[0].restart) for name, ps in members.items())

@@ -76,6 +76,7 @@ def leader_spec(
         gpus=node.gpus,
         ports=[(port, ("cluster", "system_port")), *ports],
         routing=routing,
+        max_unavailable=group.max_unavailable,
     )
 
 
@@ -119,6 +120,7 @@ def rank_spec(
         depends_on=tuple(depends_on),
         group=replica.name,
         gpus=node.gpus,
+        max_unavailable=group.max_unavailable,
     )
 
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("inventory", {"placement", "rules", "inventory"}),
     ("plan", {"plan"}),
     ("machines", {"supervisor"}),
-    ("adapters", {"load", "secrets", "credentials", "certs", "state", "health", "transport", "etcd", "mirror", "eventbus", "control",
+    ("adapters", {"load", "secrets", "credentials", "certs", "state", "health", "routing", "transport", "etcd", "mirror", "eventbus", "control",
                   "sdnotify", "metrics", "logs", "preflight", "preflight_multinode", "systemd_unit", "status"}),
     ("daemon", {"daemon"}),
     ("cli", {"cli"}),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
-from dynamo_launch.plan.diff import diff, render_diff
+from dynamo_launch.plan.diff import diff, render_diff, steps
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERIC = (ROOT / "examples" / "generic-processes.toml").read_text()
@@ -31,10 +31,11 @@ def test_one_changed_gang_member_restarts_the_whole_gang_as_one_unit():
     assert "web-node1" in d.unchanged and "nats" in d.unchanged
 
 
-def test_a_group_restarts_as_one_unit_and_env_changes_count():
+def test_a_group_restarts_one_replica_at_a_time_and_env_changes_count():
     new = GENERIC.replace('path = "/"', 'path = "/index.html"')
     d = diff(plan_of(GENERIC), plan_of(new))
-    assert d.units == (("web-node1", "web-node2"),)
+    assert d.units == (("web-node1",), ("web-node2",))
+    assert diff(plan_of(GENERIC), plan_of(new), all_at_once=True).units == (("web-node1", "web-node2"),)
     new = GENERIC.replace('ENGINE_LOG = "info"', 'ENGINE_LOG = "debug"')
     assert diff(plan_of(GENERIC), plan_of(new)).why["pair-a"] == "env"
 
@@ -47,3 +48,39 @@ def test_added_and_removed_processes():
     assert d.removed == ("side",)
     text = render_diff(d)
     assert "- side (removed: stopped)" in text and "unchanged (keep running)" in text
+
+
+MOCKERS = """
+[cluster]
+name = "m"
+head = "a"
+state_dir = "/srv/m"
+
+[[hosts]]
+name = "a"
+address = "10.0.0.1"
+
+[[hosts]]
+name = "b"
+address = "10.0.0.2"
+
+[frontend]
+
+[[workers]]
+name = "w"
+backend = "mocker"
+model = "/m"
+hosts = ["a", "b"]
+replicas = 4
+{extra}
+"""
+
+
+def test_max_unavailable_sets_how_many_replicas_a_step_takes_and_changing_it_restarts_nothing():
+    old = plan_of(MOCKERS.format(extra=""))
+    new = plan_of(MOCKERS.format(extra='env = { X = "1" }\nmax_unavailable = 3'))
+    d = diff(old, new)
+    assert d.units == (("w-0", "w-1", "w-2"), ("w-3",))
+    assert "frontend" in d.unchanged  # its migration limit did not change (4 replicas either way)
+    assert diff(old, plan_of(MOCKERS.format(extra="max_unavailable = 2"))).empty
+    assert steps(list(old.processes)[-4:]) == [("w-0",), ("w-1",), ("w-2",), ("w-3",)]
