@@ -23,7 +23,9 @@ cache is warm after the first one anyway), summarised with ``summary()``. Exit s
   HTTP-probed). 771 planned processes, 96 gangs. ``validate``/``plan`` contact no host.
   Target ≤ 0.5 s each.
 * ``python_startup`` (``python -c pass``) and ``import`` (``python -c "import dynamo_launch.cli"``)
-  are measured the same way as the floor the commands stand on.
+  are measured the same way as the floor the commands stand on; ``import_daemon`` and
+  ``import_metrics`` (the daemon, then the daemon and ``dynamo_launch.metrics``) show what ``up``
+  alone pays for prometheus-client.
 
 :func:`measure_status` takes a running :class:`~benchmarks.common.BedDaemon`, so the footprint
 scenario's daemon can be shared: :func:`run_with_footprint` runs scenario 5 and measures
@@ -149,6 +151,10 @@ def measure_commands(tmp: Path, repeats: int, log: Callable[[str], None] = print
     cases = {
         "python_startup": [PY, "-c", "pass"],
         "import": [PY, "-c", "import dynamo_launch.cli"],
+        # what `up` loads to supervise, then to serve metrics: the difference is prometheus-client's
+        # cost, paid by the daemon only (tests/unit/test_metrics.py: no other command imports it)
+        "import_daemon": [PY, "-c", "import dynamo_launch.daemon"],
+        "import_metrics": [PY, "-c", "import dynamo_launch.daemon, dynamo_launch.metrics"],
         "validate": [_CLI, "validate", str(path)],
         "plan": [_CLI, "plan", str(path)],
     }

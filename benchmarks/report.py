@@ -272,6 +272,8 @@ def section_cli(sc: dict | None) -> str:
         return bad
     assert sc is not None
     labels = {"python_startup": "`python -c pass` (the floor)", "import": "`import dynamo_launch.cli`",
+              "import_daemon": "`import dynamo_launch.daemon` (`up`)",
+              "import_metrics": "`import dynamo_launch.daemon, dynamo_launch.metrics` (`up` serving metrics)",
               "status": f"`dynamo-launch status` ({sc.get('hosts')} hosts, 3 processes each)",
               "status_json": "`dynamo-launch status --json`",
               "validate": f"`dynamo-launch validate` ({sc.get('inventory_hosts')} hosts)",

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -43,8 +43,6 @@ from ..errors import (
 )
 from ..eventbus import EventBus
 from ..load import load_plan
-from ..metrics import MetricsServer
-from ..metrics import render as render_metrics
 from ..mirror import Mirror
 from ..model import Inventory
 from ..plan.diff import PlanDiff, steps
@@ -61,6 +59,9 @@ from .reconcile import Adoption, pick_launch_id, plan_adoption
 from .requests import handle
 from .runner import Runner
 from .snapshot import snapshot
+
+if TYPE_CHECKING:  # prometheus-client loads only when metrics are served (see _start_metrics)
+    from ..metrics import MetricsServer
 
 __all__ = ["Daemon", "StopReport"]
 
@@ -359,7 +360,14 @@ class Daemon:
         bind = split_hostport(self.inv.cluster.metrics) if self.inv.cluster.metrics else None
         if bind is None:
             return
-        server = MetricsServer(bind[0], bind[1], lambda: render_metrics(snapshot(self)))
+        # Here, not at the top: `down` builds a Daemon too, and only a serving daemon needs
+        # prometheus-client (tests/unit/test_metrics.py checks no other command imports it).
+        from ..metrics import MetricsServer, registry
+
+        reg = registry(lambda: snapshot(self), dynamo_version=self.inv.cluster.dynamo_version,
+                       loop=asyncio.get_running_loop())
+        server = MetricsServer(bind[0], bind[1], reg,
+                               on_error=lambda m: self._log.error("metrics scrape failed", error=m))
         try:
             await server.start()
         except OSError as e:

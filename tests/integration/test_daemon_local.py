@@ -410,12 +410,18 @@ def test_reload_restarts_only_what_changed_and_a_bad_file_changes_nothing(harnes
 def test_metrics_endpoint_serves_the_truth(harness, monkeypatch, tmp_path):
     import urllib.request
 
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
     monkeypatch.setenv("DYNAMO_LAUNCH_RUNTIME_DIR", str(tmp_path / "run"))
     mport = free_port()
     h = harness(standin_process("web", free_port(), host="local", bind="127.0.0.1"))
     h.path.write_text(h.path.read_text().replace('metrics = ""', f'metrics = "127.0.0.1:{mport}"'))
     h.inv = parse(h.path.read_text(), str(h.path))
     h.plan = build(h.inv)
+    url = f"http://127.0.0.1:{mport}/metrics"
+
+    def scrape(**headers: str) -> bytes:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5).read()
 
     async def go():
         d = Daemon(h.plan, h.inv, str(h.path))
@@ -424,15 +430,20 @@ def test_metrics_endpoint_serves_the_truth(harness, monkeypatch, tmp_path):
         h.serving = asyncio.create_task(d.serve(control=True))
         await h.until(h.all_up)
         await h.until(lambda: "up_seconds" in d.timings)
-        body = (await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{mport}/metrics", timeout=5)).read()
+        body = await asyncio.to_thread(scrape)
+        om = await asyncio.to_thread(scrape, Accept="application/openmetrics-text; version=1.0.0")
         await h.down()
-        return body.decode()
+        return body.decode(), om.decode()
 
-    text = arun(go())
-    assert 'dynamo_launch_process_state{cluster="t",host="local",process="web",state="READY"} 1' in text
-    assert 'dynamo_launch_process_restarts_total{cluster="t",host="local",process="web"} 0' in text
-    assert 'dynamo_launch_host_up{cluster="t",host="local"} 1' in text
+    text, om = arun(go())
+    assert 'dynamo_launch_process_state{cluster="t",host="local",process="web",state="READY"} 1.0' in text
+    assert 'dynamo_launch_process_restarts_total{cluster="t",host="local",process="web"} 0.0' in text
+    assert 'dynamo_launch_host_up{cluster="t",host="local"} 1.0' in text
     assert "dynamo_launch_up_seconds{" in text and "dynamo_launch_probe_seconds{" in text
+    assert f'dynamo_version="{h.inv.cluster.dynamo_version}"' in text  # dynamo_launch_build_info
+    assert "\nprocess_resident_memory_bytes " in text  # the daemon's own process
+    families = {f.name for f in text_string_to_metric_families(om)}  # valid OpenMetrics, # EOF included
+    assert {"dynamo_launch_process_state", "dynamo_launch_process_restarts", "dynamo_launch_build"} <= families
 
 
 def test_command_probe_runs_on_the_host_through_its_agent(harness, tmp_path):

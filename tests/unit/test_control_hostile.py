@@ -3,7 +3,7 @@
 Every malformed control request gets one error line and the server carries on; a client that
 sends nothing is disconnected and connections beyond the cap are refused at once, so idle
 clients cannot pile up the daemon's file descriptors; the metrics server bounds the request
-head in size and in time (400/405/408/414/431/503).
+head in size and in time (400/405/408/414/431/503). What it serves is tests/unit/test_metrics.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dynamo_launch import control
 from dynamo_launch.metrics import MAX_HEADERS, MAX_LINE, MetricsServer
@@ -226,7 +227,12 @@ def _http(port: int, data: bytes, *, slow: float = 0.0, timeout: float = 15.0) -
 @pytest.mark.parametrize("data, status", [
     (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "200"),
     (b"GET /other HTTP/1.1\r\n\r\n", "404"),
+    (b"HEAD /metrics HTTP/1.1\r\n\r\n", "200"),
     (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),
+    (b"OPTIONS /metrics HTTP/1.1\r\n\r\n", "405"),
+    (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", "400"),
+    (b"GET /metrics HTTP/1.1\r\n folded: value\r\n\r\n", "400"),  # obs-fold / space before the name
+    (b"GET /metrics HTTP/1.1\r\nAccept : x\r\n\r\n", "400"),  # space before the colon (RFC 9112 §5.1)
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", "400"),  # TLS hello bytes
     (b"GET\r\n\r\n", "400"),
     (b"GET /" + b"a" * (2 * MAX_LINE) + b" HTTP/1.1\r\n\r\n", "414"),
@@ -236,7 +242,7 @@ def _http(port: int, data: bytes, *, slow: float = 0.0, timeout: float = 15.0) -
 ])  # fmt: skip
 def test_metrics_server_bounds_the_request_head(data: bytes, status: str) -> None:
     async def main() -> tuple[str, str]:
-        server = MetricsServer("127.0.0.1", 0, lambda: "up 1\n")
+        server = MetricsServer("127.0.0.1", 0, CollectorRegistry())
         await server.start()
         try:
             got = await asyncio.to_thread(_http, server.port, data)
@@ -252,7 +258,7 @@ def test_metrics_server_bounds_the_request_head(data: bytes, status: str) -> Non
 
 def test_metrics_server_drops_a_slow_header_client_and_serves_others_meanwhile() -> None:
     async def main() -> tuple[str, str]:
-        server = MetricsServer("127.0.0.1", 0, lambda: "up 1\n", header_timeout=1.0)
+        server = MetricsServer("127.0.0.1", 0, CollectorRegistry(), header_timeout=1.0)
         await server.start()
         try:
             slowloris = asyncio.create_task(asyncio.to_thread(
@@ -270,7 +276,7 @@ def test_metrics_server_drops_a_slow_header_client_and_serves_others_meanwhile()
 
 def test_metrics_server_caps_concurrent_connections() -> None:
     async def main() -> list[str]:
-        server = MetricsServer("127.0.0.1", 0, lambda: "up 1\n", max_connections=4, header_timeout=5.0)
+        server = MetricsServer("127.0.0.1", 0, CollectorRegistry(), max_connections=4, header_timeout=5.0)
         await server.start()
         held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
         try:

@@ -6,28 +6,14 @@ from dynamo_launch import secrets
 from dynamo_launch.model import SecretRef
 from dynamo_launch.plan.spec import Env
 from dynamo_launch.status import render
-
-
-def _proc(name: str, state: str, **kw) -> dict:
-    p = {"host": "node1", "name": name, "role": "worker", "group": None, "state": state, "reason": "", "pid": None,
-         "uptime": None, "restarts": 0, "generation": 1, "last_exit": None, "health": "", "probe_seconds": None,
-         "tree_procs": None, "memory_bytes": None, "last_lines": None, "log_file": f"/var/lib/dl/logs/{name}.log"}
-    p.update(kw)
-    return p
-
-
-def _snap(*procs: dict, **kw) -> dict:
-    s = {"cluster": "c", "launch_id": "abc", "daemon_pid": 1, "inventory": "i.toml", "started": 0.0, "now": 100.0,
-         "hosts": [], "processes": list(procs), "gangs": [], "timings": {}, "state_unsaved": None}
-    s.update(kw)
-    return s
+from tests.snapshots import proc, snap
 
 
 def test_a_crash_looping_process_shows_why_before_the_probe_and_the_end_of_its_log():
-    looping = _proc("mocker-0", "BACKOFF", reason="exited (code 1); restarting in 4s", last_exit={"code": 1, "signal": None},
+    looping = proc("mocker-0", "BACKOFF", reason="exited (code 1); restarting in 4s", last_exit={"code": 1, "signal": None},
                     health="GET http://10.0.0.2:9090/health: connection refused",
                     last_lines="Traceback (most recent call last):\nModuleNotFoundError: No module named 'dynamo'\n")
-    text = render(_snap(looping, _proc("frontend", "READY", pid=7, uptime=50.0, health="200 OK")))
+    text = render(snap(looping, proc("frontend", "READY", pid=7, uptime=50.0, health="200 OK")))
     row = next(x for x in text.splitlines() if x.startswith("node1  mocker-0"))
     assert row.endswith("exited (code 1); restarting in 4s; GET http://10.0.0.2:9090/health: connection refused")
     tail = text.split("mocker-0 (BACKOFF, last exit code 1): the end of /var/lib/dl/logs/mocker-0.log:\n", 1)[1]
@@ -37,7 +23,7 @@ def test_a_crash_looping_process_shows_why_before_the_probe_and_the_end_of_its_l
 
 
 def test_an_unsaved_state_file_heads_the_table():
-    text = render(_snap(_proc("web", "READY"), state_unsaved={"error": "cannot write /s/state.json: No space left on device",
+    text = render(snap(proc("web", "READY"), state_unsaved={"error": "cannot write /s/state.json: No space left on device",
                                                              "since": 30.0}))
     assert text.splitlines()[1] == "STATE NOT SAVED for 70s: cannot write /s/state.json: No space left on device (retrying)"
 
