@@ -26,7 +26,7 @@ from dynamo_launch.daemon import Daemon
 from dynamo_launch.daemon.progress import Progress
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
-from tests.daemon_harness import PY, free_port, kill_launch, local_inventory
+from tests.daemon_harness import PY, free_port, kill_launch, local_inventory, reaped
 from tests.terminal import Screen
 
 SECRET = "s3cr3t-token-value"
@@ -125,16 +125,14 @@ def test_on_a_terminal_a_block_shows_the_starting_process_and_its_last_line_then
         return condition()
 
     try:
-        assert read_until(lambda: b"bring-up done" in out, 60), out.decode(errors="replace")
-        launch_id = _launch_id(tmp_path)
-        time.sleep(1.0)  # the block's last redraw (at most 0.5 s after the ready)
-        up.send_signal(signal.SIGINT)
-        read_until(lambda: up.poll() is not None, 30)
-        assert up.wait(30) == 0
+        with reaped(up):
+            assert read_until(lambda: b"bring-up done" in out, 60), out.decode(errors="replace")
+            launch_id = _launch_id(tmp_path)
+            time.sleep(1.0)  # the block's last redraw (at most 0.5 s after the ready)
+            up.send_signal(signal.SIGINT)
+            read_until(lambda: up.poll() is not None, 30)
+            assert up.wait(30) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
         os.close(master)
         if launch_id:
             kill_launch(launch_id)
@@ -161,21 +159,18 @@ def test_on_a_terminal_a_block_shows_the_starting_process_and_its_last_line_then
 def test_without_a_terminal_each_starting_process_is_a_plain_event(tmp_path):
     path = _inventory(tmp_path, ready_after=12.0)  # the first event comes after 10 s
     log = tmp_path / "up.log"
-    with log.open("wb") as err:
-        up = subprocess.Popen([PY, "-m", "dynamo_launch.cli", "up", "--log-format", "json", str(path)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path))
     launch_id = None
     try:
-        deadline = time.monotonic() + 60
-        while b"bring-up done" not in log.read_bytes() and time.monotonic() < deadline and up.poll() is None:
-            time.sleep(0.2)
-        launch_id = _launch_id(tmp_path)
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(30) == 0
+        with log.open("wb") as err, reaped(subprocess.Popen(
+                [PY, "-m", "dynamo_launch.cli", "up", "--log-format", "json", str(path)], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path))) as up:
+            deadline = time.monotonic() + 60
+            while b"bring-up done" not in log.read_bytes() and time.monotonic() < deadline and up.poll() is None:
+                time.sleep(0.2)
+            launch_id = _launch_id(tmp_path)
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(30) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
         if launch_id:
             kill_launch(launch_id)
     text = log.read_text()

@@ -150,6 +150,13 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+def _seen(term: FakeTerminal) -> str:
+    """What a person looking at ``term`` sees now."""
+    screen = Screen()
+    screen.feed(term.getvalue())
+    return screen.text
+
+
 def test_log_lines_scroll_above_the_block_which_is_redrawn_in_place() -> None:
     term = FakeTerminal()
     block = LiveBlock(term)
@@ -163,13 +170,9 @@ def test_log_lines_scroll_above_the_block_which_is_redrawn_in_place() -> None:
     block.write("second ")  # held back until its line is complete
     assert "second" not in term.getvalue()
     block.write("log line\nthird log line\n")
-    screen = Screen()
-    screen.feed(term.getvalue())
-    assert screen.text == "first log line\nsecond log line\nthird log line\n2 of 3 ready\n  w  STARTING  2s\n"
+    assert _seen(term) == "first log line\nsecond log line\nthird log line\n2 of 3 ready\n  w  STARTING  2s\n"
     block.close()
-    screen = Screen()
-    screen.feed(term.getvalue())
-    assert screen.text == "first log line\nsecond log line\nthird log line\n"
+    assert _seen(term) == "first log line\nsecond log line\nthird log line\n"
 
 
 def test_the_block_under_a_log_line_is_made_as_of_that_line() -> None:
@@ -180,9 +183,7 @@ def test_the_block_under_a_log_line_is_made_as_of_that_line() -> None:
     block.refresh()
     states["w"] = "READY"
     block.write("w ready\n")  # not followed by a block that still says w STARTING
-    screen = Screen()
-    screen.feed(term.getvalue())
-    assert screen.text == "w ready\nv STARTING\n"
+    assert _seen(term) == "w ready\nv STARTING\n"
 
     states["v"] = "READY"  # a line from another thread gets the block last made (the source is the loop's)
     thread = threading.Thread(target=block.write, args=("from a thread\n",))
@@ -190,13 +191,9 @@ def test_the_block_under_a_log_line_is_made_as_of_that_line() -> None:
     thread.join()
     block.source = lambda: 1 / 0  # a broken block costs no log line
     block.write("still logged\n")
-    screen = Screen()
-    screen.feed(term.getvalue())
-    assert screen.text == "w ready\nfrom a thread\nstill logged\nv STARTING\n"
+    assert _seen(term) == "w ready\nfrom a thread\nstill logged\nv STARTING\n"
     block.close()
-    screen = Screen()
-    screen.feed(term.getvalue())
-    assert screen.text == "w ready\nfrom a thread\nstill logged\n"
+    assert _seen(term) == "w ready\nfrom a thread\nstill logged\n"
 
 
 def test_block_lines_are_cut_to_the_terminal_of_the_moment() -> None:
@@ -215,9 +212,7 @@ def test_structlog_lines_go_above_the_block() -> None:
         structlog.get_logger("t").info("again", n=2)
     finally:
         logs.configure(json_output=True)
-    screen = Screen()
-    screen.feed(term.getvalue())
-    *logged, head, row, end = screen.lines
+    *logged, head, row, end = _seen(term).split("\n")
     assert [json.loads(x)["event"] for x in logged] == ["hello", "again"]
     assert (head, row, end) == ("waiting for 1:", "  w  STARTING", "")
 
