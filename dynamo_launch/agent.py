@@ -36,6 +36,7 @@ OUTPUT_LIMIT = 64 * 1024  # per stream of `exec`
 READ_LIMIT = 1 << 20  # largest answer of `tail` / `read`
 TMP_JSON_AGE = 600  # seconds: a leftover engine logging config in the node's TMPDIR older than this goes
 EXIT_LINES, EXIT_LINES_LIMIT = 10, 4096  # a process's last log lines, sent with its exit (status shows them)
+TAILS_MAX, TAILS_LIMIT = 1024, 65536  # `tails`: paths per request, bytes read from the end of each
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 LAUNCH_VARS = ("DYNAMO_LAUNCH_ID", "DYNAMO_LAUNCH_NAME", "DYNAMO_LAUNCH_GENERATION")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-")
@@ -1523,6 +1524,22 @@ class Agent:
             raise Refused("bad-request", "'lines' must be >= 0")
         return {"text": tail_text(arg(req, "path", str), lines, READ_LIMIT)}
 
+    def op_tails(self, req):
+        # One request per host and refresh for every process still starting there (`up`'s live
+        # progress): a missing or unreadable log is left out, not an error for the others.
+        paths = arg(req, "paths", list)
+        if len(paths) > TAILS_MAX or not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+            raise Refused("bad-request", "'paths' must be at most %d absolute paths" % TAILS_MAX)
+        lines = arg(req, "lines", int, 1)
+        if lines < 0:
+            raise Refused("bad-request", "'lines' must be >= 0")
+        max_bytes = min(max(arg(req, "max_bytes", int, 4096), 1), TAILS_LIMIT)
+        texts = {}
+        for path in paths:
+            with suppress(Refused):
+                texts[path] = tail_text(path, lines, max_bytes)
+        return {"texts": texts}
+
     def op_read(self, req):
         offset, inode = arg(req, "offset", int, 0), arg(req, "inode", int, None)
         max_bytes = min(max(arg(req, "max_bytes", int, 65536), 1), READ_LIMIT)
@@ -1612,7 +1629,7 @@ def tail_text(path, lines, limit):
     with open_file(path) as f:
         pos, data = f.seek(0, os.SEEK_END), b""
         while pos > 0 and data.count(b"\n") <= lines and len(data) < limit:
-            step = min(65536, pos)  # backwards from the end: a huge log costs nothing
+            step = min(65536, pos, limit - len(data))  # backwards from the end: a huge log costs nothing
             pos -= step
             f.seek(pos)
             data = f.read(step) + data

@@ -146,7 +146,9 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str, log_level: s
 
     notifier = Notifier()  # first: it takes systemd's variables out of the environment children inherit
     _activate_own_environment()
-    _configure_logs(None if log_format == "auto" else log_format == "json", log_level, verbose, quiet)
+    json_output = None if log_format == "auto" else log_format == "json"
+    block = _live_block() if json_output is not True else None
+    _configure_logs(json_output, log_level, verbose, quiet, stream=block)
     inv, plan = _load(inventory)
     daemon = Daemon(plan, inv, inventory, accept_new_host_keys=accept_new_host_keys, notifier=notifier,
                     require_all_hosts=require_all_hosts)
@@ -161,7 +163,7 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str, log_level: s
         except BaseException:
             await daemon.close()
             raise
-        return await daemon.serve()
+        return await daemon.serve(live=_show_rows(block) if block else None)
 
     try:
         report = asyncio.run(run())
@@ -169,6 +171,9 @@ def up(inventory: str, accept_new_host_keys: bool, log_format: str, log_level: s
         _fail(str(e))
     except DynamoLaunchError as e:
         _fail(str(e))
+    finally:
+        if block is not None:
+            block.close()
     _report_stop(report.stopped, report.unknown, report.leftovers)
     sys.exit(0 if report.clean else STOP_UNVERIFIED)
 
@@ -491,7 +496,27 @@ def _activate_own_environment() -> None:
 _json_logs = False  # set by _configure_logs: then even what the CLI reports is a JSON log line
 
 
-def _configure_logs(json_output: bool | None, level: str | None, verbose: bool, quiet: bool) -> None:
+def _live_block() -> Any:
+    """stderr with `up`'s progress block at its bottom, when stderr is a terminal that can redraw."""
+    from .console import LiveBlock, can_redraw
+
+    return LiveBlock(sys.stderr) if can_redraw(sys.stderr) else None
+
+
+def _show_rows(block: Any) -> Callable[[Any], None]:
+    """What draws the processes not ready yet into ``block``, at the terminal's size of the moment:
+    a callback for :meth:`Daemon.serve`'s ``live`` (a Progress to draw from, or None)."""
+    from .progress import render
+
+    def show(progress: Any) -> None:
+        block.source = None if progress is None else lambda: render(progress.rows(), progress.total(), *block.size())
+        block.refresh()
+
+    return show
+
+
+def _configure_logs(json_output: bool | None, level: str | None, verbose: bool, quiet: bool,
+                    stream: Any = None) -> None:
     from . import logs
 
     global _json_logs
@@ -501,7 +526,7 @@ def _configure_logs(json_output: bool | None, level: str | None, verbose: bool, 
     # Asked for by name (as the systemd unit does): then the CLI's own reports are log lines too.
     # `auto` keeps them plain text for whoever runs the command in a pipe.
     _json_logs = json_output is True
-    logs.configure(json_output=json_output, level=level)
+    logs.configure(json_output=json_output, level=level, stream=stream)
 
 
 def _log() -> Any:

@@ -7,6 +7,7 @@ contacts, so only the stand-ins run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -130,3 +131,14 @@ def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """``proc`` (a ``subprocess.Popen``), killed and waited for if it still runs when the block ends."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -55,6 +55,7 @@ from ..supervisor import Notify, State
 from ..transport import Transport, make_transport
 from . import reload
 from .links import HostLink
+from .progress import Progress, Show
 from .reconcile import Adoption, pick_launch_id, plan_adoption
 from .requests import handle
 from .runner import Runner
@@ -324,8 +325,11 @@ class Daemon:
 
     # --- running ----------------------------------------------------------------------------------------
 
-    async def serve(self, *, control: bool = True) -> StopReport:
-        """Supervise until :meth:`request_stop` (a signal, or ``down`` through the socket)."""
+    async def serve(self, *, control: bool = True, live: Show | None = None) -> StopReport:
+        """Supervise until :meth:`request_stop` (a signal, or ``down`` through the socket).
+
+        While processes are not ready yet, ``live`` is called about twice a second with what to
+        draw them from (a terminal's block); without it each is logged (``not ready yet``) every 30 s."""
         assert self.runner is not None
         self._stopped = asyncio.get_running_loop().create_future()
         if control:
@@ -335,12 +339,22 @@ class Daemon:
             await self._start_metrics()
         settle = asyncio.create_task(self._settled(), name="bring-up")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        progress = Progress(self.runner)
+        shown = asyncio.create_task(progress.live(live) if live else progress.log(self._log), name="progress")
         try:
             await self._stop.wait()
             settle.cancel()
             watchdog.cancel()
+            shown.cancel()
+            try:  # its block gone before the stop's lines
+                await shown
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a fault of the display must not stand in the stop's way
+                self._log.exception("progress display failed")
             report = await self.shutdown()
         except BaseException as e:
+            shown.cancel()
             if isinstance(e, Exception):
                 self._stopped.set_exception(e)
                 self._stopped.exception()  # retrieved: a `down` caller may never come

@@ -581,6 +581,32 @@ def test_tail_and_read(tmp_path, launch_id):
     run(go())
 
 
+def test_tails_reads_the_end_of_many_logs_in_one_request(tmp_path, launch_id):
+    a, b, huge = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "huge.log"
+    a.write_text("one\ntwo\nthree\n")
+    b.write_text("only line, no newline")
+    with huge.open("wb") as f:  # 64 GiB, sparse: only a read from the end answers in time
+        f.seek(64 << 30)
+        f.write(b"x" * 10_000 + b"\rthe last redraw\n")
+
+    async def go():
+        async with node(tmp_path, launch_id) as n:
+            paths = [str(a), str(b), str(huge), str(tmp_path / "missing.log")]
+            t0 = time.monotonic()
+            texts = (await n.call("tails", paths=paths, lines=2, max_bytes=100))["texts"]
+            assert time.monotonic() - t0 < 1
+            assert texts == {str(a): "two\nthree\n", str(b): "only line, no newline",  # a missing log: left out
+                             str(huge): "x" * 83 + "\rthe last redraw\n"}  # 100 bytes from the end, no more
+            assert (await n.call("tails", paths=[str(a)]))["texts"] == {str(a): "three\n"}  # 1 line by default
+            for bad in ({"paths": ["relative.log"]}, {"paths": str(a)}, {"paths": [str(a)], "lines": -1},
+                        {"paths": [str(a)] * 1025}):
+                with pytest.raises(AgentError) as ei:
+                    await n.call("tails", **bad)
+                assert ei.value.kind == "bad-request", bad
+
+    run(go())
+
+
 # ---- exec --------------------------------------------------------------------------------------
 def test_exec(tmp_path, launch_id):
     async def go():
