@@ -36,6 +36,7 @@ class Outcome:
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     halted: str = ""
+    diff: PlanDiff | None = None  # a reload's: what it set out to change
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able, for the control socket's answer."""
@@ -111,7 +112,7 @@ async def apply(runner: Runner, plan: Plan, d: PlanDiff, timeout: float | None =
     await runner.retire([n for n in d.removed if old[n].group is None or old[n].group not in kept_gangs], timeout)
     new_specs = {s.name: s for s in plan.processes}
     new_gangs = {g.name: g for g in plan.gangs}
-    outcome = Outcome()
+    outcome = Outcome(diff=d)
     for i, unit in enumerate(d.units, 1):
 
         async def begin(unit: tuple[str, ...] = unit) -> None:

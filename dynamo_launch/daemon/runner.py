@@ -376,7 +376,7 @@ class Runner:
             if p.spec.host == host:
                 self.post(("proc", p.name), HostLost())
                 if p.instance is not None:  # nothing can reach it through this partition either
-                    self._spawn_task(self._deregister(p, "host unreachable"))
+                    self._spawn_task(self._deregister(p, "host unreachable", unless_answering=True))
 
     async def on_host_back(self, host: str, records: list[dict[str, Any]]) -> None:
         """Reconcile ``host`` after a loss: adopt live records, count the rest gone, kill strays."""
@@ -394,6 +394,8 @@ class Runner:
                 continue
             # Gone. Its node may have recorded how it ended (shown instead of "unknown status"),
             # and a record of another generation (or none) means the start never got there.
+            if p.instance is not None:  # it answered while the host did not, and is gone now
+                self._spawn_task(self._deregister(p, "gone when its host came back"))
             current = r is not None and int(r.get("generation") or 0) == p.machine.generation
             ended = (r or {}).get("exit") or {} if current else {}
             if ended and p.record is not None and r is not None and r.get("pid") == p.record.get("pid"):
@@ -705,9 +707,20 @@ class Runner:
             return False, f"GET {r.frontend_url}: {status}"
         return routing.routes_to(body.decode("utf-8", "replace"), p.instance)
 
-    async def _deregister(self, p: Proc, why: str) -> None:
+    async def _deregister(self, p: Proc, why: str, *, unless_answering: bool = False) -> None:
         """Take ``p``'s Dynamo instance out of discovery now (it exited, is stopping, or its host
-        is lost), rather than when its lease runs out; an event says what was done, or why not."""
+        is lost), rather than when its lease runs out; an event says what was done, or why not.
+
+        ``unless_answering``: first ask the worker itself, from here; one that still answers is
+        alive and reachable (only its host's SSH is in trouble), and is left alone — a worker
+        whose lease is revoked exits, and that would turn an SSH hiccup into an outage.
+        """
+        if unless_answering and p.instance is not None:
+            ok, detail = await self.probe(replace(p.spec.readiness, timeout=min(p.spec.readiness.timeout, 1.0)))
+            if ok:
+                self._on_notify(p.name, Notify("deregister-skipped", f"{p.name} ({why}): it still answers "
+                                               f"({detail}): left in routing", {"reason": why}))
+                return
         instance, learned, p.instance, p.routing = p.instance, p.routing, None, ""
         if instance is None:
             self._on_notify(p.name, Notify("deregister-skipped", f"{p.name} ({why}): its Dynamo instance was never "

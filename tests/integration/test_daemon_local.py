@@ -389,7 +389,8 @@ def test_reload_restarts_only_what_changed_and_a_bad_file_changes_nothing(harnes
         changed += standin_process("side", side, host="local", bind="127.0.0.1")
         changed = changed.replace(standin_process("follow", b, host="local", bind="127.0.0.1", gang="pair"), "")
         h.path.write_text(local_inventory("t", str(h.tmp / "state"), changed))
-        diff = await d.reload()
+        diff = (await d.reload()).diff
+        assert diff is not None
         assert diff.changed == ("api", "lead") and diff.added == ("side",) and diff.removed == ("follow",)
         await h.until(h.all_up)
         now = {n: p.machine.pid for n, p in d.runner.procs.items()}
@@ -585,9 +586,10 @@ def _fuzz_requests(n: int, seed: int, names: set[str]) -> list[bytes]:
         return rng.choice(scalars)
 
     ops = ["status", "restart", "events", "logs", "diff", "reload", "down", "bogus", "", "STATUS", "status "]
-    keys = ["target", "since", "name", "lines", "offset", "max_bytes", "path", "junk"]
-    valid = {"restart": ["target"], "events": ["since"], "logs": ["name", "lines", "offset", "max_bytes"],
-             "diff": ["path"], "reload": ["path"], "status": [], "down": []}
+    keys = ["target", "since", "name", "lines", "offset", "max_bytes", "path", "wait", "all_at_once", "junk"]
+    valid = {"restart": ["target", "wait", "all_at_once"], "events": ["since"],
+             "logs": ["name", "lines", "offset", "max_bytes"], "diff": ["path", "all_at_once"],
+             "reload": ["path", "wait", "all_at_once"], "status": [], "down": []}
     out: list[bytes] = []
     for _ in range(n):
         kind = rng.random()

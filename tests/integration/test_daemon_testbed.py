@@ -321,12 +321,13 @@ def test_sighup_reload_restarts_only_the_changed_group(cluster):
     assert diff.returncode == 0 and "no change" in diff.stdout
     c.path.write_text(c.path.read_text().replace(f'"--port", "{b}"', f'"--port", "{b}", "--ready-after", "0.2"'))
     diff = c.cli("plan", "--diff", str(c.path))
-    assert "~ api-h2 (restarted, step 1/1: argv)" in diff.stdout and "= 3 unchanged" in diff.stdout
+    assert "~ api-h2 (restarted, step 1/2: argv)" in diff.stdout and "= 3 unchanged" in diff.stdout
+    assert "~ api-h3 (restarted, step 2/2: argv)" in diff.stdout  # one replica at a time
     as_json = c.cli("plan", "--diff", "--json", "--exit-code", str(c.path))
     assert as_json.returncode == 1, as_json.stderr  # changes: as `git diff --exit-code`
     assert json.loads(as_json.stdout) == {
-        "added": [], "removed": [], "unchanged": ["web-h1", "web-h2", "web-h3"], "steps": 1,
-        "changed": [{"name": "api-h2", "step": 1, "why": "argv"}, {"name": "api-h3", "step": 1, "why": "argv"}]}
+        "added": [], "removed": [], "unchanged": ["web-h1", "web-h2", "web-h3"], "steps": 2,
+        "changed": [{"name": "api-h2", "step": 1, "why": "argv"}, {"name": "api-h3", "step": 2, "why": "argv"}]}
     c.proc.send_signal(signal.SIGHUP)
     snap = c.wait(lambda s: all(by_name(s)[n]["generation"] == 2 and by_name(s)[n]["state"] == "READY"
                                 for n in ("api-h2", "api-h3")), 60)
@@ -348,3 +349,26 @@ def test_sighup_reload_restarts_only_the_changed_group(cluster):
         "no change: a reload would leave every process running untouched",
         f"from now on the daemon reads {other} on every reload (SIGHUP, `systemctl reload`), not {c.path}"], r.stdout
     c.wait(lambda s: s["inventory"] == str(other), 10)
+
+
+def test_a_rollout_halts_at_a_replica_that_does_not_come_up_and_leaves_the_rest_running(cluster):
+    (port,) = ports(1)
+    c = cluster(standin_process("api", port, hosts=["h1", "h2", "h3"], policy="never"))
+    before = by_name(c.up())
+    good = c.path.read_text()
+    c.path.write_text(good.replace(f'"--port", "{port}"', f'"--port", "{port}", "--crash-after", "0"'))
+    r = c.cli("reload", "--wait", "--cluster", c.name)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "step 1/3: api-h1 FAILED (generation 2): NOT READY" in r.stdout, r.stdout
+    assert "halted at step 1/3: api-h1 FAILED" in r.stderr and "the steps after it were not taken" in r.stderr
+    after = by_name(c.status())
+    assert {n: (after[n]["pid"], after[n]["state"]) for n in ("api-h2", "api-h3")} == \
+        {n: (before[n]["pid"], "READY") for n in ("api-h2", "api-h3")}  # not taken down
+    assert "reload-halted" in [e["kind"] for e in c.request("events")["events"]]
+    # The plan in force is what runs: the next reload takes the replicas not reached.
+    c.path.write_text(good)
+    diff = c.cli("plan", "--diff", str(c.path))
+    assert "~ api-h1 (restarted, step 1/1: argv)" in diff.stdout and "= 2 unchanged" in diff.stdout, diff.stdout
+    r = c.cli("reload", "--wait", "--cluster", c.name)
+    assert r.returncode == 0 and "step 1/1: api-h1 READY (generation 3)" in r.stdout, r.stdout + r.stderr
+    assert c.cli("plan", "--diff", "--exit-code", str(c.path)).returncode == 0
