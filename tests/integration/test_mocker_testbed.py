@@ -430,3 +430,38 @@ def test_the_real_frontend_and_mocker_serve_over_tls_nats_with_the_cluster_ca(mo
     code, answer = chat(c.base, model, "Hello over TLS")
     assert code == 200 and answer["choices"][0]["message"]["content"], answer
     down_leaves_nothing(c, bed)
+
+
+def test_a_partitioned_worker_host_leaves_routing_once_it_is_declared_lost(mocker_cluster, model, bed):
+    """h2 (prefill-0) cut off the network: once the daemon declares h2 lost, it asks prefill-0 from
+    the head, gets no answer, and revokes its lease; the frontend stops routing to it and requests
+    are served by decode-0 and prefill-1. What was in flight to h2 is reported, not asserted away."""
+    addresses = {h.address: h.name for h in bed.hosts}
+    c, ids, _ = disaggregated(mocker_cluster, model, bed)
+    log: list[tuple[float, int]] = []
+    bed.link("h2", False)
+    t_cut = time.monotonic()
+    t_gone = None
+    try:
+        while time.monotonic() - t_cut < 25:
+            code, _ = chat(c.base, model, "during the partition", timeout=10)
+            log.append((time.monotonic() - t_cut, code))
+            if t_gone is None and ids["h2"] not in [x for _, _, x in generate(instances(c.base, addresses))]:
+                t_gone = time.monotonic() - t_cut
+            if t_gone is not None and time.monotonic() - t_cut > t_gone + 3:
+                break
+    finally:
+        bed.link("h2", True)
+    assert t_gone is not None and t_gone < 12, (t_gone, log)
+    after = [code for t, code in log if t > t_gone + 0.5]
+    assert after and all(code == 200 for code in after), log
+    events = [json.loads(x) for x in c.cli("events", "--json", "--cluster", c.name).stdout.splitlines()]
+    removed = [(e["process"], e["reason"]) for e in events if e["kind"] == "deregistered"]
+    assert ("prefill-0", "host unreachable") in removed, events[-15:]
+    failed = [(round(t, 2), code) for t, code in log if code != 200]
+    print(f"\npartition of h2: prefill-0 out of routing {t_gone:.2f}s after the cut; "
+          f"{len(log)} requests, failed {failed}")
+    # Healed: exactly one prefill-0 again, READY (its old copy exited when its lease was revoked).
+    snap = c.wait(lambda s: by_name(s)["prefill-0"]["state"] == "READY", 60)
+    assert [x["pid"] for x in c.scan("h2") if x["name"] == "prefill-0"] == [by_name(snap)["prefill-0"]["pid"]]
+    down_leaves_nothing(c, bed)
