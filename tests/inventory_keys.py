@@ -11,7 +11,24 @@ from typing import Any
 from dynamo_launch import reader as reader_module
 from dynamo_launch.inventory import parse
 
-__all__ = ["EVERY_SECTION", "accepted_keys", "one_process"]
+__all__ = ["EVERY_SECTION", "TWO_HOSTS", "accepted_keys", "one_process"]
+
+
+TWO_HOSTS = """
+[cluster]
+name = "r"
+head = "a"
+state_dir = "/srv/r"
+
+[[hosts]]
+name = "a"
+address = "10.0.0.1"
+
+[[hosts]]
+name = "b"
+address = "10.0.0.2"
+"""
+"""Cluster ``r`` on hosts ``a`` (the head, 10.0.0.1) and ``b`` (10.0.0.2): add the rest."""
 
 
 def one_process(command: list[str], env: str = "", extra: str = "") -> str:

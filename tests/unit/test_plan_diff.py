@@ -7,6 +7,7 @@ from pathlib import Path
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.plan.diff import diff, render_diff, steps
+from tests.inventory_keys import TWO_HOSTS
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERIC = (ROOT / "examples" / "generic-processes.toml").read_text()
@@ -50,20 +51,7 @@ def test_added_and_removed_processes():
     assert "- side (removed: stopped)" in text and "unchanged (keep running)" in text
 
 
-MOCKERS = """
-[cluster]
-name = "m"
-head = "a"
-state_dir = "/srv/m"
-
-[[hosts]]
-name = "a"
-address = "10.0.0.1"
-
-[[hosts]]
-name = "b"
-address = "10.0.0.2"
-
+MOCKERS = TWO_HOSTS + """
 [frontend]
 
 [[workers]]

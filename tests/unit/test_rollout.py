@@ -10,21 +10,9 @@ from dynamo_launch.daemon.reload import unavailable
 from dynamo_launch.inventory import parse
 from dynamo_launch.plan import build
 from dynamo_launch.plan.diff import steps
+from tests.inventory_keys import TWO_HOSTS
 
-INV = """
-[cluster]
-name = "r"
-head = "a"
-state_dir = "/srv/r"
-
-[[hosts]]
-name = "a"
-address = "10.0.0.1"
-
-[[hosts]]
-name = "b"
-address = "10.0.0.2"
-
+INV = TWO_HOSTS + """
 [frontend]
 
 [[workers]]
