@@ -379,10 +379,14 @@ class Runner:
                     self._spawn_task(self._deregister(p, "host unreachable", unless_answering=True))
 
     async def on_host_back(self, host: str, records: list[dict[str, Any]]) -> None:
-        """Reconcile ``host`` after a loss: adopt live records, count the rest gone, kill strays."""
+        """Reconcile ``host`` after a loss: adopt live records, count the rest gone, kill strays.
+
+        The strays are killed before any machine hears that its host is back: a gone process
+        is restarted at once, and its new copy must not be in the scan that picks the strays."""
         self._on_notify("", Notify("host-back", f"host {host} reachable again", {"host": host}))
         ours = {r.get("name"): r for r in records if r.get("launch_id") == self.launch_id}
         keep: dict[str, int] = {}
+        back: list[tuple[str, HostBack]] = []
         for p in self.procs.values():
             if p.spec.host != host:
                 continue
@@ -390,7 +394,7 @@ class Runner:
             if r is not None and r.get("alive"):
                 p.record, keep[p.name] = dict(r), int(r["generation"])
                 await self._watch(p)
-                self.post(("proc", p.name), HostBack(alive=True, pid=int(r["pid"])))
+                back.append((p.name, HostBack(alive=True, pid=int(r["pid"]))))
                 continue
             # Gone. Its node may have recorded how it ended (shown instead of "unknown status"),
             # and a record of another generation (or none) means the start never got there.
@@ -400,9 +404,11 @@ class Runner:
             ended = (r or {}).get("exit") or {} if current else {}
             if ended and p.record is not None and r is not None and r.get("pid") == p.record.get("pid"):
                 p.record["exit"] = {k: ended.get(k) for k in ("code", "signal", "at")}  # kept in the state file
-            self.post(("proc", p.name), HostBack(alive=False, code=ended.get("code"), signal=ended.get("signal"),
-                                                 spawned=current or p.machine.pid is not None))
+            back.append((p.name, HostBack(alive=False, code=ended.get("code"), signal=ended.get("signal"),
+                                          spawned=current or p.machine.pid is not None)))
         await self.kill_strays(self.links[host], keep)
+        for name, event in back:
+            self.post(("proc", name), event)
 
     async def kill_strays(self, link: HostLink, keep: Mapping[str, int]) -> None:
         """Kill every process of this launch on ``link``'s host but the copies in ``keep``
@@ -693,7 +699,7 @@ class Runner:
         ident = routing.instance_hex(p.instance)
         frontend = self.procs.get(r.frontend)
         if not r.frontend_url or frontend is None:
-            return True, f"routing unconfirmed (no frontend): instance {ident}"
+            return True, f"instance {ident} (no frontend to ask whether it routes to it)"
         state = frontend.machine.state
         if state in (State.WAITING, State.STARTING):  # on its way: it will say
             return False, f"instance {ident}: waiting for the frontend to be ready"

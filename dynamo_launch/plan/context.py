@@ -60,11 +60,12 @@ class Context:
         listen = f.bind or self.inv.host(f.host).address
         return self.inv.host(f.host).address if listen in ("0.0.0.0", "::") else listen
 
-    def routing(self, address: str, system_port: int) -> Routing:
-        """The :class:`Routing` of a Dynamo worker whose system-status server is ``address:system_port``."""
+    def routing(self, address: str, system_port: int, *, wait: bool = True) -> Routing:
+        """The :class:`Routing` of a Dynamo process whose system-status server is ``address:system_port``;
+        ``wait``: its readiness waits until the frontend routes to it (a worker the launcher planned)."""
         routing = Routing(metrics_url=f"http://{_hostport(address, system_port)}/metrics")
         f = self.inv.frontend
-        if f is None:
+        if f is None or not wait:
             return routing
         url = f"http://{_hostport(self.frontend_address, f.http_port)}/health"
         return Routing(routing.metrics_url, frontend="frontend", frontend_url=url)

@@ -29,6 +29,11 @@ def processes(ctx: Context, index: int, proc: GenericProcess, targets: dict[str,
         else:
             readiness, liveness = ctx.alive(health), None
         ports = [(health.port, path + ("health", "port"))] if health.port and health.check in ("http", "tcp") else []
+        # A Dynamo component probed on its system-status port: if it registers an instance, the
+        # daemon learns it there and takes it out of discovery when the process goes. Its
+        # readiness does not wait for the frontend: what it registers is not known here.
+        routing = ctx.routing(address, health.port, wait=False) if proc.dynamo and health.check == "http" \
+            and health.port else None
         out.append(
             ctx.spec(
                 name=proc.name if len(proc.hosts) == 1 else f"{proc.name}-{host}",
@@ -46,6 +51,7 @@ def processes(ctx: Context, index: int, proc: GenericProcess, targets: dict[str,
                 depends_on=gates,
                 group=proc.gang,
                 ports=ports,
+                routing=routing,
             )
         )
     return out

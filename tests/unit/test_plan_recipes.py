@@ -356,3 +356,22 @@ def test_max_unavailable_is_read_and_checked() -> None:
     with pytest.raises(InventoryError) as e:
         _plan(AGG.format(hosts='"a"', frontend="") + "max_unavailable = 0\n")
     assert "workers[0].max_unavailable" in str(e.value)
+
+
+def test_a_dynamo_process_probed_on_http_gets_its_instance_learned_but_no_routing_wait() -> None:
+    body = """
+    [[processes]]
+    name = "leader"
+    host = "b"
+    command = ["python", "-m", "dynamo.mocker", "--model-path", "/m"]
+    dynamo = {dynamo}
+    env = {{ DYN_SYSTEM_PORT = "9345" }}
+    [processes.health]
+    check = "http"
+    port = 9345
+    path = "/health"
+    """
+    routing = _plan(body.format(dynamo="true")).process("leader").routing
+    assert routing is not None and routing.metrics_url == "http://10.0.0.2:9345/metrics"
+    assert (routing.frontend, routing.frontend_url) == ("", "")
+    assert _plan(body.format(dynamo="false")).process("leader").routing is None
