@@ -80,12 +80,48 @@ def targets(sc: dict) -> list[tuple[str, str, str, bool | None]]:
         where = f"{fp.get('hosts')} hosts × 3 processes, idle"
         add(f"daemon RSS, {where}", fp["rss_mb"]["max"], f"{fp['rss_mb']['max']:.0f} MB (max)", 120, "≤ 120 MB")
         add(f"daemon CPU, {where}", fp["cpu_pct"], f"{fp['cpu_pct']:.2f} % of a core", 3.0, "≤ 3 %")
+    sv = serving_targets(sc.get("serving") or {})
+    rows += sv
     cl = sc.get("cli_latency") or {}
     for key, what, limit in (("status", f"`status`, {cl.get('hosts')} hosts", 0.4),
                              ("validate", f"`validate`, {cl.get('inventory_hosts')}-host inventory", 0.5),
                              ("plan", f"`plan`, {cl.get('inventory_hosts')}-host inventory", 0.5)):
         if cl.get(key):
             add(what + " (wall)", med(cl[key]["wall"]), secs(cl[key]["wall"]), limit, f"≤ {limit} s")
+    return rows
+
+
+def _runs(case: dict, side: str) -> list[dict]:
+    """The runs of ``side`` in a serving case that measured something (not failed)."""
+    return [r for r in (case.get("runs") or {}).get(side, []) if "error" not in r]
+
+
+def serving_targets(sv: dict) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 12's targets from the serving scenario: what "after" measured (and "before" said)."""
+    cases = sv.get("cases") or []
+    if not cases or "after" not in (sv.get("sides") or {}):
+        return []
+    rows: list[tuple[str, str, str, bool | None]] = []
+    goal = [c for c in cases if c.get("goal")]
+    after = [r for c in goal for r in _runs(c, "after")]
+    before = [r for c in goal for r in _runs(c, "before")]
+    missing = [c["name"] for c in goal if not _runs(c, "after")]
+    if after:
+        failed = sum(r["failed"] for r in after)
+        shown = f"{failed} in {len(goal) - len(missing)} cases" + (f" (before: {sum(r['failed'] for r in before)})"
+                                                                   if before else "")
+        rows.append(("serving: failed requests, every fault but the frontend's death", shown, "0",
+                     None if missing else failed == 0))
+    kills = [c for c in cases if c.get("fault") == "kill" and c.get("target") != "frontend"]
+    outs = [r["out_of_routing"] for c in kills for r in _runs(c, "after")]
+    if outs:
+        worst = "never" if any(not isinstance(x, (int, float)) for x in outs) else max(outs)
+        old = [r["out_of_routing"] for c in kills for r in _runs(c, "before")]
+        old_worst = None if not old else ("never" if any(not isinstance(x, (int, float)) for x in old) else max(old))
+        shown = (f"{worst:.2f} s (worst)" if worst != "never" else "not within the run") + (
+            "" if old_worst is None else f" (before: {old_worst:.1f} s)" if old_worst != "never" else " (before: never)")
+        rows.append(("serving: a killed worker out of routing", shown, "≤ 1 s",
+                     worst != "never" and worst <= 1.0))
     return rows
 
 
@@ -119,6 +155,25 @@ member runs, and is READY, at the next generation. `benchmarks/failure.py`.
 are READY and settled, its `/proc` entries are sampled every second for the idle window. The
 same window is measured again with probes off (`check = "process"`) on the same hosts: the
 difference is the cost of probing. `benchmarks/footprint.py`.
+""",
+    "serving": """Real Dynamo 1.6.1 (frontend with KV routing, `dynamo.mocker` workers on a tiny generated model),
+real NATS and etcd, started over SSH on the bed by the real `dynamo-launch up`. *Single host*: h1
+runs NATS, etcd, the frontend and 2 aggregated replicas. *3 hosts, disaggregated*: h1 runs NATS,
+etcd and the frontend; a decode and a prefill group of 2 replicas each on h2 and h3; a third
+decode replica is a 2-host gang (`[[processes]]` with one `gang`: a mocker leader on h2 with a
+worker's system port and addresses, a sleeping rank on h3, as a `--headless` rank; the mocker
+cannot span hosts itself). 8 clients in a closed loop send chat completions (`max_tokens` 8) to
+the frontend, each the next as soon as the answer is in (10 s timeout; 0.1 s pause after a
+failure); a request *failed* unless it ended in HTTP 200. A watcher reads the frontend's `/health`
+every 0.1 s; a worker's instance is the `worker_id` of its system port's `/metrics`. Every case
+runs on a fresh cluster with every process READY and every instance routed: ~4 s of load, the
+fault, then load until the cluster has settled (every process READY, as many instances routed as
+before and none of the dead) and at least 20 s after the fault. *Failure window*: first failed
+request's start to the last one's end, relative to the fault. *Out of routing*: the fault → the dead
+instance gone from `/health`. *Back in routing*: the fault → as many instances routed as before,
+none of the dead. *Before* is the launcher at the baseline revision (run from an exported tree,
+its node agent checked on the head), *after* this checkout; same venv, bed and inventory,
+alternating per case. `benchmarks/serving.py`, `benchmarks/loadgen.py`.
 """,
     "cli_latency": """Wall and CPU time of the real CLI as a subprocess, 10 runs each: `status` against a daemon
 supervising 32 hosts × 3 processes, and `validate`/`plan` of a generated 256-host inventory (8 GPUs
@@ -285,6 +340,76 @@ def section_cli(sc: dict | None) -> str:
     return out
 
 
+def _when(x: float | str | None) -> str:
+    if x is None:
+        return "—"
+    if not isinstance(x, (int, float)):
+        return "not in the run"
+    return f"{x:.2f} s"
+
+
+def _serving_cell(runs: list[dict], what: str) -> str:
+    """One side's value in the serving table (several runs: each, separated by a slash)."""
+    if not runs:
+        return "—"
+    out = []
+    for r in runs:
+        if what == "failed":
+            out.append(f"{r['failed']} of {r['requests']}")
+        elif what == "window":
+            w = r.get("failure_window")
+            out.append("—" if not w else f"{w[0]:.2f} … {w[1]:.2f} s")
+        else:
+            out.append(_when(r.get(what)))
+    return " / ".join(out)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as inline code in a table cell (an answer may hold backticks or pipes)."""
+    return "`" + text.replace("`", "'").replace("|", "/") + "`"
+
+
+def section_serving(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    sides = sc.get("sides") or {}
+    names = [n for n in ("before", "after") if n in sides]
+    label = {n: f"{n} (`{sides[n]['rev']}`)" for n in names}
+    out = ("Each cell: " + " → ".join(label[n] for n in names) + ". "
+           + ("" if "before" in names else "No baseline in this run. ")
+           + f"{sc.get('clients')} clients, requests time out after {sc.get('request_timeout'):g} s"
+           + (" (quick run: short windows)" if sc.get("quick") else "") + ".\n\n")
+    layouts = {"single": "single host", "disagg": "3 hosts, disaggregated"}
+    rows = []
+    for c in sc.get("cases", []):
+        runs = {n: c["runs"].get(n, []) for n in names}
+        errors = [f"{n}: {r['error'][:100]}" for n in names for r in c["runs"].get(n, []) if "error" in r]
+        ok = {n: [r for r in rs if "error" not in r] for n, rs in runs.items()}
+        cells = [" → ".join(_serving_cell(ok[n], what) for n in names)
+                 for what in ("failed", "window", "out_of_routing", "back_in_routing", "settled")]
+        title = c["title"] + ("" if c.get("goal") else " (not a target)")
+        if errors:
+            title += " — failed: " + "; ".join(errors)
+        rows.append([layouts.get(c["layout"], c["layout"]), title, *cells])
+    out += table(["deployment", "fault", "failed requests", "failure window", "dead instance out of routing",
+                  "back in routing", "settled"], rows)
+    kinds = []
+    for c in sc.get("cases", []):
+        for n in names:
+            got: dict[str, int] = {}
+            for r in _runs(c, n):
+                for kind, count in r.get("errors", []):
+                    got[kind] = got.get(kind, 0) + count
+            if got:
+                kinds.append([c["name"], n, "; ".join(f"{count} × {_quoted(kind)}" for kind, count in
+                                                     sorted(got.items(), key=lambda kv: -kv[1]))])
+    if kinds:
+        out += "\nWhat the failed requests got:\n\n" + table(["case", "side", "answers"], kinds)
+    return out
+
+
 def why_missed(sc: dict) -> str:
     """What the results themselves say about the bring-up and `ray up` targets (empty when met)."""
     out = []
@@ -351,6 +476,7 @@ def render(res: dict) -> str:
         "## 4. Failure detection and repair\n", METHOD["failure"], section_failure(sc.get("failure")),
         "## 5. Footprint\n", METHOD["footprint"], section_footprint(sc.get("footprint")),
         "## 6. CLI latency\n", METHOD["cli_latency"], section_cli(sc.get("cli_latency")),
+        "## 7. Serving continuity\n", METHOD["serving"], section_serving(sc.get("serving")),
         "## Profiling and fixes\n", FIXES,
         "## Reading these numbers\n", CAVEATS,
     ]
