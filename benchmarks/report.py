@@ -112,7 +112,7 @@ def serving_targets(sv: dict) -> list[tuple[str, str, str, bool | None]]:
                                                                    if before else "")
         rows.append(("serving: failed requests, every fault but the frontend's death", shown, "0",
                      None if missing else failed == 0))
-    kills = [c for c in cases if c.get("fault") == "kill" and c.get("target") != "frontend"]
+    kills = [c for c in cases if c.get("routing")]
     outs = [r["out_of_routing"] for c in kills for r in _runs(c, "after")]
     if outs:
         worst = "never" if any(not isinstance(x, (int, float)) for x in outs) else max(outs)
@@ -359,6 +359,9 @@ def _serving_cell(runs: list[dict], what: str) -> str:
         elif what == "window":
             w = r.get("failure_window")
             out.append("—" if not w else f"{w[0]:.2f} … {w[1]:.2f} s")
+        elif what == "after_exit":
+            each = [x for x in (r.get("out_after_exit") or {}).values() if x is not None]
+            out.append(_when(max(each)) if each else "—")
         else:
             out.append(_when(r.get(what)))
     return " / ".join(out)
@@ -381,20 +384,22 @@ def section_serving(sc: dict | None) -> str:
            + ("" if "before" in names else "No baseline in this run. ")
            + f"{sc.get('clients')} clients, requests time out after {sc.get('request_timeout'):g} s"
            + (" (quick run: short windows)" if sc.get("quick") else "") + ".\n\n")
-    layouts = {"single": "single host", "disagg": "3 hosts, disaggregated"}
-    rows = []
-    for c in sc.get("cases", []):
-        runs = {n: c["runs"].get(n, []) for n in names}
-        errors = [f"{n}: {r['error'][:100]}" for n in names for r in c["runs"].get(n, []) if "error" in r]
-        ok = {n: [r for r in rs if "error" not in r] for n, rs in runs.items()}
-        cells = [" → ".join(_serving_cell(ok[n], what) for n in names)
-                 for what in ("failed", "window", "out_of_routing", "back_in_routing", "settled")]
-        title = c["title"] + ("" if c.get("goal") else " (not a target)")
-        if errors:
-            title += " — failed: " + "; ".join(errors)
-        rows.append([layouts.get(c["layout"], c["layout"]), title, *cells])
-    out += table(["deployment", "fault", "failed requests", "failure window", "dead instance out of routing",
-                  "back in routing", "settled"], rows)
+    layouts = {"single": "Single host (h1: NATS, etcd, frontend, 2 aggregated replicas)",
+               "disagg": "3 hosts, disaggregated (h1: NATS, etcd, frontend; h2, h3: 2 decode, 2 prefill "
+                         "replicas and a 2-host decode gang)"}
+    for layout in dict.fromkeys(c["layout"] for c in sc.get("cases", [])):
+        rows = []
+        for c in (c for c in sc["cases"] if c["layout"] == layout):
+            errors = [f"{n}: {r['error'][:100]}" for n in names for r in c["runs"].get(n, []) if "error" in r]
+            cells = [" → ".join(_serving_cell(_runs(c, n), what) for n in names)
+                     for what in ("failed", "window", "out_of_routing", "after_exit", "back_in_routing", "settled")]
+            title = c["title"] + ("" if c.get("goal") else " (not a target)")
+            if errors:
+                title += " — failed: " + "; ".join(errors)
+            rows.append([title, *cells])
+        out += ("" if out.endswith("\n\n") else "\n") + f"{layouts.get(layout, layout)}:\n\n" + table(
+            ["fault", "failed requests", "failure window", "dead instance out of routing (from the fault)",
+             "… from its exit (worst)", "back in routing", "settled"], rows)
     kinds = []
     for c in sc.get("cases", []):
         for n in names:

@@ -84,7 +84,8 @@ REQUEST_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Case:
     """A fault on a deployment: ``fault`` is one of kill, reload, restart, partition; ``target``
-    the process, group or host it hits; ``goal``: the 0-failure target applies."""
+    the process, group or host it hits; ``goal``: the 0-failure target applies; ``routing``: the
+    "dead instance out of routing within 1 s" target applies."""
 
     name: str
     layout: str
@@ -92,19 +93,22 @@ class Case:
     target: str
     title: str
     goal: bool = True
+    routing: bool = False
 
 
 CASES: tuple[Case, ...] = (
-    Case("single/kill-worker", "single", "kill", "agg-0", "kill -9 of a worker replica"),
+    Case("single/kill-worker", "single", "kill", "agg-0", "kill -9 of a worker replica", routing=True),
     Case("single/reload", "single", "reload", "agg", "`reload` after a change to the group's `env`"),
     Case("single/restart", "single", "restart", "agg", "`restart agg` (the group)"),
     Case("single/kill-frontend", "single", "kill", "frontend", "kill -9 of the frontend", goal=False),
-    Case("disagg/kill-prefill", "disagg", "kill", "prefill-0", "kill -9 of a prefill replica"),
-    Case("disagg/kill-decode", "disagg", "kill", "decode-0", "kill -9 of a decode replica"),
+    Case("disagg/kill-prefill", "disagg", "kill", "prefill-0", "kill -9 of a prefill replica", routing=True),
+    Case("disagg/kill-decode", "disagg", "kill", "decode-0", "kill -9 of a decode replica", routing=True),
     Case("disagg/kill-gang-member", "disagg", "kill", "dgang-rank1",
-         "kill -9 of the gang's rank on h3 (the gang restarts)"),
+         "kill -9 of the gang's rank on h3 (the gang restarts)", routing=True),
+    # The rehearsal's leader is a [[processes]] entry, which the launcher never deregisters (only
+    # [[workers]] are known to be Dynamo workers): a real gang's leader would be. Shown, not a target.
     Case("disagg/kill-gang-leader", "disagg", "kill", "dgang-leader",
-         "kill -9 of the gang's leader on h2 (the gang restarts)"),
+         "kill -9 of the gang's leader on h2 (a `[[processes]]` mocker: not deregistered by the launcher)"),
     Case("disagg/reload", "disagg", "reload", "prefill", "`reload` after a change to the prefill group's `env`"),
     Case("disagg/restart", "disagg", "restart", "prefill", "`restart prefill` (the group)"),
     Case("disagg/kill-frontend", "disagg", "kill", "frontend", "kill -9 of the frontend", goal=False),
@@ -574,7 +578,7 @@ def run(bed, opts: Options, log=print) -> dict:
             for side in order:
                 runs[side.name].append(one_run(bed, tmp, case, side, model, win, log))
             out_cases.append({"name": case.name, "title": case.title, "layout": case.layout, "fault": case.fault,
-                              "target": case.target, "goal": case.goal, "runs": runs})
+                              "target": case.target, "goal": case.goal, "routing": case.routing, "runs": runs})
     finally:
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(slug, ignore_errors=True)
