@@ -109,6 +109,7 @@ def _error_text(status: int, body: bytes, model: str) -> str:
         message = got.get("message") or got.get("error") or ""
         if isinstance(message, dict):
             message = message.get("message", "")
+        message = message or body[:200].decode(errors="replace")
     except (ValueError, AttributeError):
         message = body[:200].decode(errors="replace")
     message = str(message).replace(model, "<model>").split(". ")[0]
@@ -123,7 +124,8 @@ def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int
         return 0, _short(e).encode()
 
 
-def http_json(host: str, port: int, path: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict | str]:
+def http_json(host: str, port: int, path: str, body: dict | None = None,
+              timeout: float = 10.0) -> tuple[int, dict | str]:
     """A blocking request with a JSON answer: (status, parsed body or error text)."""
     data = json.dumps(body).encode() if body is not None else None
     try:

@@ -108,21 +108,28 @@ def serving_targets(sv: dict) -> list[tuple[str, str, str, bool | None]]:
     missing = [c["name"] for c in goal if not _runs(c, "after")]
     if after:
         failed = sum(r["failed"] for r in after)
-        shown = f"{failed} in {len(goal) - len(missing)} cases" + (f" (before: {sum(r['failed'] for r in before)})"
-                                                                   if before else "")
+        where = [f"{c['name']}: {n}" for c in goal if (n := sum(r["failed"] for r in _runs(c, "after")))]
+        shown = f"{failed} in {len(goal) - len(missing)} cases" + (f" ({', '.join(where)})" if where else "")
+        if before:
+            shown += f"; before: {sum(r['failed'] for r in before)}"
         rows.append(("serving: failed requests, every fault but the frontend's death", shown, "0",
                      None if missing else failed == 0))
     kills = [c for c in cases if c.get("routing")]
-    outs = [r["out_of_routing"] for c in kills for r in _runs(c, "after")]
-    if outs:
-        worst = "never" if any(not isinstance(x, (int, float)) for x in outs) else max(outs)
-        old = [r["out_of_routing"] for c in kills for r in _runs(c, "before")]
-        old_worst = None if not old else ("never" if any(not isinstance(x, (int, float)) for x in old) else max(old))
-        shown = (f"{worst:.2f} s (worst)" if worst != "never" else "not within the run") + (
-            "" if old_worst is None else f" (before: {old_worst:.1f} s)" if old_worst != "never" else " (before: never)")
+    worst = _worst([r["out_of_routing"] for c in kills for r in _runs(c, "after")])
+    if worst is not None:
+        old = _worst([r["out_of_routing"] for c in kills for r in _runs(c, "before")])
+        shown = _when(worst) + " (worst)" + ("" if old is None else f"; before: {_when(old)}")
         rows.append(("serving: a killed worker out of routing", shown, "≤ 1 s",
-                     worst != "never" and worst <= 1.0))
+                     isinstance(worst, (int, float)) and worst <= 1.0))
     return rows
+
+
+def _worst(values: list[float | str | None]) -> float | str | None:
+    """The largest of some times; a value that is not a number (never happened) is the worst."""
+    if not values:
+        return None
+    late = [x for x in values if not isinstance(x, (int, float))]
+    return late[0] if late else max(values)  # type: ignore[type-var]
 
 
 # --- the fixed prose (the full method is each scenario module's docstring) -------------------------
@@ -171,7 +178,7 @@ fault, then load until the cluster has settled (every process READY, as many ins
 before and none of the dead) and at least 20 s after the fault. *Failure window*: first failed
 request's start to the last one's end, relative to the fault. *Out of routing*: the fault → the dead
 instance gone from `/health`. *Back in routing*: the fault → as many instances routed as before,
-none of the dead. *Before* is the launcher at the baseline revision (run from an exported tree,
+none of the dead. The partition cuts h3's link for 30 s, then restores it. *Before* is the launcher at the baseline revision (run from an exported tree,
 its node agent checked on the head), *after* this checkout; same venv, bed and inventory,
 alternating per case. `benchmarks/serving.py`, `benchmarks/loadgen.py`.
 """,
@@ -380,7 +387,8 @@ def section_serving(sc: dict | None) -> str:
     sides = sc.get("sides") or {}
     names = [n for n in ("before", "after") if n in sides]
     label = {n: f"{n} (`{sides[n]['rev']}`)" for n in names}
-    out = ("Each cell: " + " → ".join(label[n] for n in names) + ". "
+    out = ((f"Measured {sc['date']}. " if sc.get("date") else "")
+           + "Each cell: " + " → ".join(label[n] for n in names) + ". "
            + ("" if "before" in names else "No baseline in this run. ")
            + f"{sc.get('clients')} clients, requests time out after {sc.get('request_timeout'):g} s"
            + (" (quick run: short windows)" if sc.get("quick") else "") + ".\n\n")
@@ -473,7 +481,8 @@ def render(res: dict) -> str:
         "Medians with min–max over the repeats; ratios are between medians of the same run.\n",
         "```bash\nsudo .venv/bin/pip install -e '.[bench]'   # matplotlib, py-spy, pyinstrument\n"
         "sudo apt-get install -y rsync                # for `ray up` only\n"
-        "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n```\n",
+        "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n"
+        "sudo .venv/bin/python -m benchmarks.serving # serving continuity alone, before/after; the rest kept\n```\n",
         "## Machine\n", section_machine(res),
         "## Targets\n", tgt, why_missed(sc),
         "## 1–2. Bring-up scaling, against a plain SSH loop\n", METHOD["bringup"], section_bringup(sc.get("bringup")),

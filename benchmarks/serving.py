@@ -149,14 +149,16 @@ class Side:
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
+    return r.stdout.strip()
 
 
 def _inspect(name: str, root: Path, rev: str) -> Side:
     """What the launcher of ``root`` is, asked of that tree's own code (not the installed one)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     probe = ("import hashlib, json, dynamo_launch, dynamo_launch.transport.agent_client as a; "
-             "print(json.dumps({'file': dynamo_launch.__file__, 'agent': hashlib.sha256(a.agent_source()).hexdigest()}))")
+             "print(json.dumps({'file': dynamo_launch.__file__, "
+             "'agent': hashlib.sha256(a.agent_source()).hexdigest()}))")
     got = json.loads(subprocess.run([PY, "-c", probe], cwd=root, env=env, capture_output=True, text=True, check=True,
                                     timeout=60).stdout)
     if not Path(got["file"]).resolve().is_relative_to(root.resolve()):
@@ -215,7 +217,8 @@ def _gang(model: str, leader_host: str, leader_address: str, rank_host: str, por
             f'health = {{ check = "http", port = {port}, path = "/health", interval = 0.5, timeout = 1.0, '
             f"failure_threshold = 3, startup_timeout = 60.0 }}\n"
             "restart = { backoff_initial = 0.5, backoff_max = 2.0, stop_timeout = 5.0 }\n"
-            f'\n[[processes]]\nname = "dgang-rank1"\nhost = "{rank_host}"\ncommand = {json.dumps([sleep, "infinity"])}\n'
+            f'\n[[processes]]\nname = "dgang-rank1"\nhost = "{rank_host}"\n'
+            f"command = {json.dumps([sleep, 'infinity'])}\n"
             'gang = "dgang"\ndepends_on = ["dgang-leader"]\n'
             "restart = { backoff_initial = 0.5, backoff_max = 2.0, stop_timeout = 5.0 }\n")
 
@@ -449,8 +452,8 @@ def one_run(bed, tmp: Path, case: Case, side: Side, model: str, win: Windows, lo
         out["command"] = command
         out["final"] = {n: {"state": p["state"], "restarts": p["restarts"], "generation": p["generation"]}
                         for n, p in _by_name(final).items()}
-        out["events"] = [{"t": round(e["time"] - (wall0 - mono0) - t_fault, 3), "kind": e["kind"],
-                          "process": e.get("process"), "message": str(e.get("message", ""))[:120]}
+        # one line each ("+0.041 deregistered prefill-0 (exited): instance …"): the story of the run
+        out["events"] = [f"{e['time'] - (wall0 - mono0) - t_fault:+.3f} {e['kind']} {str(e.get('message', ''))[:140]}"
                          for e in events][:80]
         log(f"{case.name} [{side.name} {side.rev}]: {out['requests']} requests, {out['failed']} failed "
             f"{dict(out['errors'])}, window {out['failure_window']}, out of routing {out['out_of_routing']}, "
@@ -506,9 +509,12 @@ def _measure(load: Load, t_fault: float, t_restore: float | None, t_settled: flo
         "failed_before_fault": len(before),
         "errors": Counter(s.error for s in failed).most_common(),
         "failure_window": [rel(failed[0].sent), rel(max(s.sent + s.latency for s in failed))] if failed else None,
-        "failures": [[rel(s.sent), round(s.latency, 3), s.error] for s in failed][:60],
+        "failures": [f"{s.sent - t_fault:+.3f} took {s.latency:.3f} s: {s.error}" for s in failed][:40],
         "rate_before": round(len(pre) / max(t_fault - samples[0].sent, 1e-9), 1) if pre else None,
         "latency_before_p50": round(ok_pre[len(ok_pre) // 2], 3) if ok_pre else None,
+        # the slowest answers that did come (a request moved off a dead worker takes longer)
+        "slowest": [f"{s.sent - t_fault:+.3f} took {s.latency:.3f} s" for s in sorted(
+            (s for s in samples if s.ok and s.sent + s.latency >= t_fault), key=lambda s: -s.latency)[:3]],
         "duration": round(t_end - t_fault, 1),
         "victims": {n: str(i) for n, i in victim_ids.items()},
         "out_of_routing": max((rel(t) for t in gone.values()), default=None) if all(
@@ -560,7 +566,8 @@ def run(bed, opts: Options, log=print) -> dict:
     cases = select(opts.serving_cases, opts.quick)
     tmp = Path(tempfile.mkdtemp(prefix="dl-bench-serving-", dir=opts.tmp))
     model = f"/var/tmp/dl-serving-model-{os.urandom(4).hex()}"  # /var/tmp: every bed host sees it
-    slug = Path(os.path.expanduser("~root")) / ".cache" / "dynamo" / "mdc" / "by-slug" / model.strip("/").replace("/", "_")
+    # the frontend's copy of the model card, in whichever home it ran with
+    slug = Path(os.path.expanduser("~root"), ".cache/dynamo/mdc/by-slug", model.strip("/").replace("/", "_"))
     baseline = opts.baseline or BASELINE
     baseline = None if baseline.lower() == "none" else baseline
     try:
@@ -583,7 +590,8 @@ def run(bed, opts: Options, log=print) -> dict:
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(slug, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"sides": {s.name: {"rev": s.rev, "agent": s.agent[:12], "waits": s.waits} for s in sides},
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "sides": {s.name: {"rev": s.rev, "agent": s.agent[:12], "waits": s.waits} for s in sides},
             "clients": CLIENTS, "request_timeout": REQUEST_TIMEOUT, "windows": dataclasses.asdict(win),
             "quick": opts.quick, "cases": out_cases}
 
@@ -593,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     results of the other scenarios in ``latest.json`` are kept, and docs/benchmarks.md re-rendered)."""
     ap = argparse.ArgumentParser(prog="benchmarks.serving", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"cases {', '.join(QUICK_CASES)} with short windows; no docs")
-    ap.add_argument("--baseline", default=BASELINE, help=f"the 'before' revision (default {BASELINE}); 'none': after only")
+    ap.add_argument("--baseline", default=BASELINE,
+                    help=f"the 'before' revision (default {BASELINE}); 'none': after only")
     ap.add_argument("--cases", help="comma-separated case names or layouts (single, disagg); default all")
     ap.add_argument("--out", help="results directory (default benchmarks/results; --quick: a temporary one)")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
