@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Load", "Sample", "http_get", "http_json", "worker_id"]
+__all__ = ["Load", "Sample", "generate_instances", "http_get", "http_json", "worker_id"]
 
 _WORKER_ID = re.compile(r'worker_id="([0-9a-fA-F]+)"')
 MAX_BODY = 4 << 20  # a /health of a big deployment is tens of kB; anything near this is not an answer
@@ -112,8 +112,8 @@ def _error_text(status: int, body: bytes, model: str) -> str:
         message = message or body[:200].decode(errors="replace")
     except (ValueError, AttributeError):
         message = body[:200].decode(errors="replace")
-    message = str(message).replace(model, "<model>").split(". ")[0]
-    return f"{status} {message[:80]}".strip()
+    message = str(message).replace(model, "<model>").split(". ")[0] or "(empty body)"
+    return f"{status} {message[:80]}"
 
 
 def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -185,6 +185,7 @@ class Load:
 
     # --- the thread ------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the clients and the watcher (returns once their event loop runs)."""
         self._thread = threading.Thread(target=self._run, name="serving-load", daemon=True)
         self._thread.start()
         if not self._started.wait(10):

@@ -457,7 +457,34 @@ def why_missed(sc: dict) -> str:
             f"{num(ratio_of(starts.get('ray_up'), starts.get('dynamo_launch')), '{:.1f}')}× later; on real hosts "
             "that difference is the critical path. Starting all nodes at once also makes them compete for this "
             "machine's cores, which is why dynamo-launch's head is alive later than `ray up`'s.")
+    out += why_serving_missed(sc.get("serving") or {})
     return "\n".join(out) + ("\n" if out else "")
+
+
+def why_serving_missed(sv: dict) -> list[str]:
+    """What the serving results say about requests that still failed "after" (empty when none)."""
+    out = []
+    for c in sv.get("cases") or []:
+        runs = [r for r in _runs(c, "after") if r["failed"]] if c.get("goal") else []
+        if not runs or c.get("fault") != "partition":
+            continue
+        r = runs[0]
+        gone = r.get("out_of_routing")
+        sent = [float(f.split()[0]) for f in r.get("failures", [])]
+        early = [t for t in sent if isinstance(gone, (int, float)) and t < gone]
+        if len(early) != r["failed"]:  # some were sent after the host left routing: nothing to explain here
+            continue
+        out.append(
+            f"- **Serving, {c['title']}** ({r['failed']} failed): every request that failed was sent before the cut "
+            f"host's workers left routing (the first {abs(min(sent)):.2f} s {'before' if min(sent) < 0 else 'after'} "
+            f"the cut) and got no answer within the client's {sv.get('request_timeout', 10):g} s. A cut link gives "
+            "no error to the frontend: such a request waits "
+            "until Dynamo's own request deadline (the baseline's clients got `504 Request deadline exceeded` after "
+            "5 s; with migration on it is moved to another worker then, and may or may not make the client's "
+            "timeout), or until the link comes back. The launcher takes the host's workers out of routing once the "
+            f"host is declared lost ({_when(r.get('out_of_routing'))} after the cut here), which spares every request "
+            "sent after that, not those already there.")
+    return out
 
 
 RES_CORES = [2]  # set by render() from the machine facts

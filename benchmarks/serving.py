@@ -74,7 +74,8 @@ from benchmarks.loadgen import Load, http_json, worker_id
 from tests.bed_daemon import FAST, run_infra
 from tests.daemon_harness import scan_launch
 
-__all__ = ["CASES", "Case", "Side", "baseline_side", "checkout_side", "run", "one_run"]
+__all__ = ["CASES", "Case", "Deployment", "Side", "Windows", "baseline_side", "checkout_side", "one_run", "run",
+           "select"]
 
 BASELINE = "66c509c"
 CLIENTS = 8
@@ -278,6 +279,7 @@ class Deployment:
         raise RuntimeError(f"not serving {self.expect} instances within 60 s of READY: {health}")
 
     def chat(self) -> tuple[int, dict | str]:
+        """One chat completion through the frontend: (status, answer)."""
         return http_json(self.address, self.http, "/v1/chat/completions", {
             "model": self.model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}, timeout=10)
 
