@@ -42,6 +42,8 @@ class Options:
     ray_hosts: int = 4
     kills: int = 20
     tmp: Path = Path("/tmp")
+    baseline: str = ""  # serving: the "before" revision ("" its default, "none" after only)
+    serving_cases: list[str] | None = None  # serving: case names or layouts (None: all; quick: two)
 
 
 def machine_facts() -> dict:

@@ -80,6 +80,8 @@ def targets(sc: dict) -> list[tuple[str, str, str, bool | None]]:
         where = f"{fp.get('hosts')} hosts × 3 processes, idle"
         add(f"daemon RSS, {where}", fp["rss_mb"]["max"], f"{fp['rss_mb']['max']:.0f} MB (max)", 120, "≤ 120 MB")
         add(f"daemon CPU, {where}", fp["cpu_pct"], f"{fp['cpu_pct']:.2f} % of a core", 3.0, "≤ 3 %")
+    sv = serving_targets(sc.get("serving") or {})
+    rows += sv
     cl = sc.get("cli_latency") or {}
     for key, what, limit in (("status", f"`status`, {cl.get('hosts')} hosts", 0.4),
                              ("validate", f"`validate`, {cl.get('inventory_hosts')}-host inventory", 0.5),
@@ -87,6 +89,47 @@ def targets(sc: dict) -> list[tuple[str, str, str, bool | None]]:
         if cl.get(key):
             add(what + " (wall)", med(cl[key]["wall"]), secs(cl[key]["wall"]), limit, f"≤ {limit} s")
     return rows
+
+
+def _runs(case: dict, side: str) -> list[dict]:
+    """The runs of ``side`` in a serving case that measured something (not failed)."""
+    return [r for r in (case.get("runs") or {}).get(side, []) if "error" not in r]
+
+
+def serving_targets(sv: dict) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 12's targets from the serving scenario: what "after" measured (and "before" said)."""
+    cases = sv.get("cases") or []
+    if not cases or "after" not in (sv.get("sides") or {}):
+        return []
+    rows: list[tuple[str, str, str, bool | None]] = []
+    goal = [c for c in cases if c.get("goal")]
+    after = [r for c in goal for r in _runs(c, "after")]
+    before = [r for c in goal for r in _runs(c, "before")]
+    missing = [c["name"] for c in goal if not _runs(c, "after")]
+    if after:
+        failed = sum(r["failed"] for r in after)
+        where = [f"{c['name']}: {n}" for c in goal if (n := sum(r["failed"] for r in _runs(c, "after")))]
+        shown = f"{failed} in {len(goal) - len(missing)} cases" + (f" ({', '.join(where)})" if where else "")
+        if before:
+            shown += f"; before: {sum(r['failed'] for r in before)}"
+        rows.append(("serving: failed requests, every fault but the frontend's death", shown, "0",
+                     None if missing else failed == 0))
+    kills = [c for c in cases if c.get("routing")]
+    worst = _worst([r["out_of_routing"] for c in kills for r in _runs(c, "after")])
+    if worst is not None:
+        old = _worst([r["out_of_routing"] for c in kills for r in _runs(c, "before")])
+        shown = _when(worst) + " (worst)" + ("" if old is None else f"; before: {_when(old)}")
+        rows.append(("serving: a killed worker out of routing", shown, "≤ 1 s",
+                     isinstance(worst, (int, float)) and worst <= 1.0))
+    return rows
+
+
+def _worst(values: list[float | str | None]) -> float | str | None:
+    """The largest of some times; a value that is not a number (never happened) is the worst."""
+    if not values:
+        return None
+    late = [x for x in values if not isinstance(x, (int, float))]
+    return late[0] if late else max(values)  # type: ignore[type-var]
 
 
 # --- the fixed prose (the full method is each scenario module's docstring) -------------------------
@@ -119,6 +162,25 @@ member runs, and is READY, at the next generation. `benchmarks/failure.py`.
 are READY and settled, its `/proc` entries are sampled every second for the idle window. The
 same window is measured again with probes off (`check = "process"`) on the same hosts: the
 difference is the cost of probing. `benchmarks/footprint.py`.
+""",
+    "serving": """Real Dynamo 1.6.1 (frontend with KV routing, `dynamo.mocker` workers on a tiny generated model),
+real NATS and etcd, started over SSH on the bed by the real `dynamo-launch up`. *Single host*: h1
+runs NATS, etcd, the frontend and 2 aggregated replicas. *3 hosts, disaggregated*: h1 runs NATS,
+etcd and the frontend; a decode and a prefill group of 2 replicas each on h2 and h3; a third
+decode replica is a 2-host gang (`[[processes]]` with one `gang`: a mocker leader on h2 with a
+worker's system port and addresses, a sleeping rank on h3, as a `--headless` rank; the mocker
+cannot span hosts itself). 8 clients in a closed loop send chat completions (`max_tokens` 8) to
+the frontend, each the next as soon as the answer is in (10 s timeout; 0.1 s pause after a
+failure); a request *failed* unless it ended in HTTP 200. A watcher reads the frontend's `/health`
+every 0.1 s; a worker's instance is the `worker_id` of its system port's `/metrics`. Every case
+runs on a fresh cluster with every process READY and every instance routed: ~4 s of load, the
+fault, then load until the cluster has settled (every process READY, as many instances routed as
+before and none of the dead) and at least 20 s after the fault. *Failure window*: first failed
+request's start to the last one's end, relative to the fault. *Out of routing*: the fault → the dead
+instance gone from `/health`. *Back in routing*: the fault → as many instances routed as before,
+none of the dead. The partition cuts h3's link for 30 s, then restores it. *Before* is the launcher at the baseline revision (run from an exported tree,
+its node agent checked on the head), *after* this checkout; same venv, bed and inventory,
+alternating per case. `benchmarks/serving.py`, `benchmarks/loadgen.py`.
 """,
     "cli_latency": """Wall and CPU time of the real CLI as a subprocess, 10 runs each: `status` against a daemon
 supervising 32 hosts × 3 processes, and `validate`/`plan` of a generated 256-host inventory (8 GPUs
@@ -285,6 +347,82 @@ def section_cli(sc: dict | None) -> str:
     return out
 
 
+def _when(x: float | str | None) -> str:
+    if x is None:
+        return "—"
+    if not isinstance(x, (int, float)):
+        return "not in the run"
+    return f"{x:.2f} s"
+
+
+def _serving_cell(runs: list[dict], what: str) -> str:
+    """One side's value in the serving table (several runs: each, separated by a slash)."""
+    if not runs:
+        return "—"
+    out = []
+    for r in runs:
+        if what == "failed":
+            out.append(f"{r['failed']} of {r['requests']}")
+        elif what == "window":
+            w = r.get("failure_window")
+            out.append("—" if not w else f"{w[0]:.2f} … {w[1]:.2f} s")
+        elif what == "after_exit":
+            each = [x for x in (r.get("out_after_exit") or {}).values() if x is not None]
+            out.append(_when(max(each)) if each else "—")
+        else:
+            out.append(_when(r.get(what)))
+    return " / ".join(out)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as inline code in a table cell (an answer may hold backticks or pipes)."""
+    return "`" + text.replace("`", "'").replace("|", "/") + "`"
+
+
+def section_serving(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    sides = sc.get("sides") or {}
+    names = [n for n in ("before", "after") if n in sides]
+    label = {n: f"{n} (`{sides[n]['rev']}`)" for n in names}
+    out = ((f"Measured {sc['date']}. " if sc.get("date") else "")
+           + "Each cell: " + " → ".join(label[n] for n in names) + ". "
+           + ("" if "before" in names else "No baseline in this run. ")
+           + f"{sc.get('clients')} clients, requests time out after {sc.get('request_timeout'):g} s"
+           + (" (quick run: short windows)" if sc.get("quick") else "") + ".\n\n")
+    layouts = {"single": "Single host (h1: NATS, etcd, frontend, 2 aggregated replicas)",
+               "disagg": "3 hosts, disaggregated (h1: NATS, etcd, frontend; h2, h3: 2 decode, 2 prefill "
+                         "replicas and a 2-host decode gang)"}
+    for layout in dict.fromkeys(c["layout"] for c in sc.get("cases", [])):
+        rows = []
+        for c in (c for c in sc["cases"] if c["layout"] == layout):
+            errors = [f"{n}: {r['error'][:100]}" for n in names for r in c["runs"].get(n, []) if "error" in r]
+            cells = [" → ".join(_serving_cell(_runs(c, n), what) for n in names)
+                     for what in ("failed", "window", "out_of_routing", "after_exit", "back_in_routing", "settled")]
+            title = c["title"] + ("" if c.get("goal") else " (not a target)")
+            if errors:
+                title += " — failed: " + "; ".join(errors)
+            rows.append([title, *cells])
+        out += ("" if out.endswith("\n\n") else "\n") + f"{layouts.get(layout, layout)}:\n\n" + table(
+            ["fault", "failed requests", "failure window", "dead instance out of routing (from the fault)",
+             "… from its exit (worst)", "back in routing", "settled"], rows)
+    kinds = []
+    for c in sc.get("cases", []):
+        for n in names:
+            got: dict[str, int] = {}
+            for r in _runs(c, n):
+                for kind, count in r.get("errors", []):
+                    got[kind] = got.get(kind, 0) + count
+            if got:
+                kinds.append([c["name"], n, "; ".join(f"{count} × {_quoted(kind)}" for kind, count in
+                                                     sorted(got.items(), key=lambda kv: -kv[1]))])
+    if kinds:
+        out += "\nWhat the failed requests got:\n\n" + table(["case", "side", "answers"], kinds)
+    return out
+
+
 def why_missed(sc: dict) -> str:
     """What the results themselves say about the bring-up and `ray up` targets (empty when met)."""
     out = []
@@ -319,7 +457,34 @@ def why_missed(sc: dict) -> str:
             f"{num(ratio_of(starts.get('ray_up'), starts.get('dynamo_launch')), '{:.1f}')}× later; on real hosts "
             "that difference is the critical path. Starting all nodes at once also makes them compete for this "
             "machine's cores, which is why dynamo-launch's head is alive later than `ray up`'s.")
+    out += why_serving_missed(sc.get("serving") or {})
     return "\n".join(out) + ("\n" if out else "")
+
+
+def why_serving_missed(sv: dict) -> list[str]:
+    """What the serving results say about requests that still failed "after" (empty when none)."""
+    out = []
+    for c in sv.get("cases") or []:
+        runs = [r for r in _runs(c, "after") if r["failed"]] if c.get("goal") else []
+        if not runs or c.get("fault") != "partition":
+            continue
+        r = runs[0]
+        gone = r.get("out_of_routing")
+        sent = [float(f.split()[0]) for f in r.get("failures", [])]
+        early = [t for t in sent if isinstance(gone, (int, float)) and t < gone]
+        if len(early) != r["failed"]:  # some were sent after the host left routing: nothing to explain here
+            continue
+        out.append(
+            f"- **Serving, {c['title']}** ({r['failed']} failed): every request that failed was sent before the cut "
+            f"host's workers left routing (the first {abs(min(sent)):.2f} s {'before' if min(sent) < 0 else 'after'} "
+            f"the cut) and got no answer within the client's {sv.get('request_timeout', 10):g} s. A cut link gives "
+            "no error to the frontend: such a request waits "
+            "until Dynamo's own request deadline (the baseline's clients got `504 Request deadline exceeded` after "
+            "5 s; with migration on it is moved to another worker then, and may or may not make the client's "
+            "timeout), or until the link comes back. The launcher takes the host's workers out of routing once the "
+            f"host is declared lost ({_when(r.get('out_of_routing'))} after the cut here), which spares every request "
+            "sent after that, not those already there.")
+    return out
 
 
 RES_CORES = [2]  # set by render() from the machine facts
@@ -343,7 +508,8 @@ def render(res: dict) -> str:
         "Medians with min–max over the repeats; ratios are between medians of the same run.\n",
         "```bash\nsudo .venv/bin/pip install -e '.[bench]'   # matplotlib, py-spy, pyinstrument\n"
         "sudo apt-get install -y rsync                # for `ray up` only\n"
-        "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n```\n",
+        "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n"
+        "sudo .venv/bin/python -m benchmarks.serving # serving continuity alone, before/after; the rest kept\n```\n",
         "## Machine\n", section_machine(res),
         "## Targets\n", tgt, why_missed(sc),
         "## 1–2. Bring-up scaling, against a plain SSH loop\n", METHOD["bringup"], section_bringup(sc.get("bringup")),
@@ -351,6 +517,7 @@ def render(res: dict) -> str:
         "## 4. Failure detection and repair\n", METHOD["failure"], section_failure(sc.get("failure")),
         "## 5. Footprint\n", METHOD["footprint"], section_footprint(sc.get("footprint")),
         "## 6. CLI latency\n", METHOD["cli_latency"], section_cli(sc.get("cli_latency")),
+        "## 7. Serving continuity\n", METHOD["serving"], section_serving(sc.get("serving")),
         "## Profiling and fixes\n", FIXES,
         "## Reading these numbers\n", CAVEATS,
     ]

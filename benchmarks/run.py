@@ -1,8 +1,9 @@
 """The benchmark suite's single entry point: one test bed, every scenario, JSON + docs/benchmarks.md.
 
-    sudo .venv/bin/python -m benchmarks.run                     # the full run (about 30-40 min)
+    sudo .venv/bin/python -m benchmarks.run                     # the full run (about an hour)
     sudo .venv/bin/python -m benchmarks.run --quick --out /tmp/b  # the smoke run (tiny N, ~2 min)
     sudo .venv/bin/python -m benchmarks.run --only bringup,failure --repeats 3
+    sudo .venv/bin/python -m benchmarks.run --only serving --update   # one scenario again, the others kept
 
 Builds one test bed with as many hosts as the largest scenario needs, runs each scenario's
 ``run(bed, opts)`` (modules in this directory, see ``SCENARIOS``), and writes the raw results
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, object]] = {
     "bringup": ("benchmarks.bringup", lambda o: max(o.sizes)),
     "failure": ("benchmarks.failure", lambda o: 4),
     "ray_up": ("benchmarks.ray_up", lambda o: o.ray_hosts),
+    "serving": ("benchmarks.serving", lambda o: 3),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 
@@ -47,6 +49,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
     ap.add_argument("--repeats", type=int, help="runs per measurement (default 5; --quick 1)")
     ap.add_argument("--kills", type=int, help="kill -9s in the failure scenario (default 20; --quick 3)")
     ap.add_argument("--idle", type=float, help="footprint idle window, seconds (default 60; --quick 5)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="serving: the launcher revision measured as 'before' (default 66c509c; 'none': skip)")
+    ap.add_argument("--serving-cases", help="serving: comma-separated case names or layouts (single, disagg)")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--out", type=Path, help=f"results directory (default {DEFAULT_OUT.relative_to(ROOT)})")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and its plot")
@@ -64,7 +69,11 @@ def parse(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
     o.repeats = a.repeats or o.repeats
     o.kills = a.kills or o.kills
     o.idle_seconds = a.idle or o.idle_seconds
-    chosen = [s.strip() for s in a.only.split(",")] if a.only else [s for s in SCENARIOS if not (a.quick and s == "ray_up")]
+    o.baseline = a.baseline or ""
+    o.serving_cases = [x.strip() for x in a.serving_cases.split(",")] if a.serving_cases else None
+    # (`ray up` needs rsync and a minute a run; serving takes minutes and has a smoke test of its own)
+    chosen = ([s.strip() for s in a.only.split(",")] if a.only
+              else [s for s in SCENARIOS if not (a.quick and s in ("ray_up", "serving"))])
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")

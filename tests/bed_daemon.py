@@ -31,7 +31,7 @@ class BedDaemon:
     def __init__(self, bed, tmp: Path, body: str, *, hosts: list[str] | None = None,
                  gpus: dict[str, int] | None = None, known_hosts: str | None = None,
                  keepalive: tuple[float, int] = (2.0, 3), nats: str = "nats://127.0.0.1:1",
-                 etcd: str = "http://127.0.0.1:1", cluster_extra: str = ""):
+                 etcd: str = "http://127.0.0.1:1", cluster_extra: str = "", root: Path = ROOT):
         BedDaemon.counter += 1
         self.bed, self.tmp = bed, Path(tmp)
         self.name = f"{self.prefix}{os.getpid() % 10000}x{BedDaemon.counter}"
@@ -65,7 +65,10 @@ external = "{nats}"
 external = "{etcd}"
 {body}
 """)
-        self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(self.tmp / "run"), "PYTHONPATH": str(ROOT)}
+        # ``root``: the checkout whose launcher runs (a benchmark's baseline is another tree); it is
+        # both the working directory and PYTHONPATH, since `python -m` puts the former first
+        self.root = Path(root)
+        self.env = {**os.environ, "DYNAMO_LAUNCH_RUNTIME_DIR": str(self.tmp / "run"), "PYTHONPATH": str(self.root)}
         self.sock = str(self.tmp / "run" / f"{self.name}.sock")
         self.proc: subprocess.Popen | None = None
         self.launch_id = ""
@@ -77,7 +80,7 @@ external = "{etcd}"
         """Start `up` and wait until its control socket answers; the first status."""
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen([*DL, "up", str(self.path), "--log-format", "json"], env=self.env,
-                                         stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+                                         stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=self.root)
         assert wait_until(lambda: self.answers() or self.proc.poll() is not None, timeout, 0.05), self.log()
         assert self.proc.poll() is None, self.log()
         snap = self.status()
@@ -139,7 +142,7 @@ external = "{etcd}"
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         try:
             return subprocess.run([*DL, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-                                  cwd=ROOT, check=False)
+                                  cwd=self.root, check=False)
         except subprocess.TimeoutExpired:  # what the daemon was doing is the only clue there will be
             raise AssertionError(f"dynamo-launch {' '.join(args)} ran past {timeout:g} s; the daemon's log:\n"
                                  f"{self.log()}") from None
