@@ -106,10 +106,10 @@ CASES: tuple[Case, ...] = (
     Case("disagg/kill-decode", "disagg", "kill", "decode-0", "kill -9 of a decode replica", routing=True),
     Case("disagg/kill-gang-member", "disagg", "kill", "dgang-rank1",
          "kill -9 of the gang's rank on h3 (the gang restarts)", routing=True),
-    # The rehearsal's leader is a [[processes]] entry, which the launcher never deregisters (only
-    # [[workers]] are known to be Dynamo workers): a real gang's leader would be. Shown, not a target.
+    # The rehearsal's leader is a [[processes]] entry with `dynamo = true` probed on its system
+    # port: the launcher learns its instance there and deregisters it, as a [[workers]] leader.
     Case("disagg/kill-gang-leader", "disagg", "kill", "dgang-leader",
-         "kill -9 of the gang's leader on h2 (a `[[processes]]` mocker: not deregistered by the launcher)"),
+         "kill -9 of the gang's leader on h2 (a `[[processes]]` mocker, `dynamo = true`)", routing=True),
     Case("disagg/reload", "disagg", "reload", "prefill", "`reload` after a change to the prefill group's `env`"),
     Case("disagg/restart", "disagg", "restart", "prefill", "`restart prefill` (the group)"),
     Case("disagg/kill-frontend", "disagg", "kill", "frontend", "kill -9 of the frontend", goal=False),
