@@ -45,6 +45,7 @@ from ..errors import (
     TransportError,
 )
 from ..plan.spec import PlanHost
+from .acks import AckingConnector
 from .base import Channel, Completed, LineChannel, StderrTail, Transport, decode_line, remote_command
 
 __all__ = ["SshTransport", "keyscan_type"]
@@ -204,6 +205,7 @@ class SshTransport(Transport):
         self._connecting: asyncio.Future | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._client: _Client | None = None
+        self._acks: AckingConnector | None = None  # the connection's, until its first session is open
         self._channels: set[_SshChannel] = set()
         self._background: set[asyncio.Task] = set()
         self._log = log.bind(host=host.name, address=f"{host.address}:{host.ssh.port}")
@@ -304,10 +306,12 @@ class SshTransport(Transport):
         h = self.plan_host
         known = self._read_known_hosts()
         client = _Client(self, known, self.accept_new_host_keys)
+        acks = AckingConnector()  # a first channel would otherwise wait ~40 ms for an ACK (acks.py)
         try:
             conn = await asyncssh.connect(
                 h.address,
                 port=h.ssh.port,
+                tunnel=acks,
                 username=h.ssh.user,
                 known_hosts=known,
                 server_host_key_algs=self._host_key_algs(known),
@@ -333,6 +337,7 @@ class SshTransport(Transport):
                 raise _Retry(f"no SSH session within connect_timeout {h.ssh.connect_timeout:g}s") from None
             raise _Retry(_reason(e)) from None
         self._client = client
+        self._acks = acks
         self._remember_accepted(client)
         return conn
 
@@ -429,11 +434,15 @@ class SshTransport(Transport):
         command = _PID_PREFIX + remote_command(argv, env)
         conn = await self._connection()
         try:
-            return await conn.create_process(command, encoding=None)
+            proc = await conn.create_process(command, encoding=None)
         except asyncssh.ChannelOpenError as e:
             raise ChannelClosed(f"{self.describe()}: cannot open a channel: {_reason(e)}", host=self.host) from None
         except _GONE as e:
             raise ChannelClosed(f"{self.describe()}: connection lost: {_reason(e)}", host=self.host) from None
+        if self._acks is not None:  # sshd sends at once now that a session runs
+            self._acks.settle()
+            self._acks = None
+        return proc
 
     async def run(
         self,
