@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import MirrorError
+from .health import closed_port
 
 __all__ = ["KV", "TLS", "EtcdClient", "endpoints_tls", "parse_endpoints"]
 
@@ -90,6 +92,14 @@ def _aetcd() -> Any:
     return aetcd
 
 
+async def _aetcd_off_loop() -> Any:
+    """``aetcd`` for a coroutine: its first import (gRPC, ~30 ms of CPU) runs in a thread, so the
+    event loop keeps serving everything else meanwhile (at ``up``: every host's SSH handshake)."""
+    if "aetcd" not in sys.modules:
+        await asyncio.to_thread(_aetcd)
+    return _aetcd()
+
+
 def _tls_client_class() -> Any:
     """``aetcd.Client`` over a TLS channel: aetcd itself opens only ``grpc.aio.insecure_channel``
     (aetcd 1.0 has no TLS option), so this subclass opens a ``secure_channel`` instead; the rest
@@ -151,6 +161,11 @@ def _unavailable_reason(details: str) -> str:
     return _one_line(details or "unavailable")
 
 
+def _refusal(e: OSError) -> str:
+    """Why a TCP connection was turned away, as gRPC words it ("Connection refused")."""
+    return os.strerror(e.errno) if e.errno else _one_line(str(e))
+
+
 class EtcdClient:
     """A small asyncio etcd v3 client over ``aetcd``: str keys, bytes values, :class:`MirrorError`.
 
@@ -209,7 +224,9 @@ class EtcdClient:
 
     async def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)`` (a coroutine); translate every aetcd/gRPC error into MirrorError."""
-        aetcd = _aetcd()
+        if "aetcd" not in sys.modules:
+            await self._unless_all_closed()
+        aetcd = await _aetcd_off_loop()
 
         reasons: list[tuple[str, str]] = []
         for _ in range(len(self._targets)):
@@ -237,9 +254,22 @@ class EtcdClient:
             except Exception as e:  # grpc internals (channel closed under us, usage errors): same contract
                 await self._drop_client()
                 raise MirrorError(f"etcd {what} failed at {where}: {_one_line(f'{type(e).__name__}: {e}')}") from None
+        raise self._unreachable(reasons)
+
+    def _unreachable(self, reasons: list[tuple[str, str]]) -> MirrorError:
+        """The error of a call that no endpoint took: ``(endpoint, why)`` for each."""
         if len(reasons) == 1:
-            raise MirrorError(f"etcd unreachable at {reasons[0][0]}: {reasons[0][1]}")
-        raise MirrorError(f"etcd unreachable at {self.endpoints} ({'; '.join(f'{w}: {r}' for w, r in reasons)})")
+            return MirrorError(f"etcd unreachable at {reasons[0][0]}: {reasons[0][1]}")
+        return MirrorError(f"etcd unreachable at {self.endpoints} ({'; '.join(f'{w}: {r}' for w, r in reasons)})")
+
+    async def _unless_all_closed(self) -> None:
+        """Before gRPC is loaded (~30 ms of CPU): when every endpoint turns a TCP connection away
+        at once (refused, no route), raise what a call would have found, without loading it.
+        Whatever else (one accepts, one is slow to answer) is left to the real call."""
+        closed = await asyncio.gather(*(closed_port(h, p, min(1.0, self.timeout)) for h, p in self._targets))
+        if all(closed):
+            raise self._unreachable([(f"{self._scheme}://{h}:{p}", _refusal(e))
+                                     for (h, p), e in zip(self._targets, closed) if e is not None])
 
     @staticmethod
     def _kv(raw: Any, key: str | None = None) -> KV:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["ProbeResult", "http_fetch", "http_get", "tls_context", "ray_nodes_argv", "judge_ray_nodes", "tcp_connect"]
+__all__ = ["ProbeResult", "closed_port", "http_fetch", "http_get", "tls_context", "ray_nodes_argv", "judge_ray_nodes",
+           "tcp_connect"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,25 @@ async def tcp_connect(address: str, port: int, timeout: float) -> ProbeResult:
     except OSError:
         pass
     return ProbeResult(True, f"tcp {address}:{port} ok", time.monotonic() - start)
+
+
+async def closed_port(address: str, port: int, timeout: float) -> OSError | None:
+    """Why ``address:port`` takes no TCP connection (refused, no route…), when that is known within
+    ``timeout``; None when it accepts one, or when no answer came in time (then only a real client,
+    with its own timeout, can tell). Lets a client library that is costly to load (gRPC, nats-py)
+    stay unloaded while its server is not up yet."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except asyncio.TimeoutError:
+        return None
+    except OSError as e:
+        return e
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
 
 
 def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:

@@ -60,7 +60,7 @@ from .links import HostLink
 from .probes import RayTables, run_probe
 from .reconcile import Adoption, strays
 
-__all__ = ["Proc", "Runner"]
+__all__ = ["Proc", "Runner", "readiness_delay"]
 
 log = structlog.get_logger("dynamo_launch.runner")
 
@@ -69,8 +69,24 @@ LOG_BACKUPS = 3
 SIGNAL_TIMEOUT = 5.0  # an agent answers a signal request at once; silence means the link stalled
 TREE_INTERVAL = 10.0  # seconds between reads of each host's process trees (size, memory) for status
 DEREGISTER_TIMEOUT = 2.0  # a planned stop waits this long at most for the worker's removal from discovery
+# Seconds from a failed first readiness probe to the next, by what a probe costs (readiness_delay).
+READY_RETRY_CHEAP = 0.02  # TCP and HTTP from the head: a connect
+READY_RETRY_COSTLY = 0.1  # command and Ray probes: a program started on the host each time
 UP_STATES = (State.READY, State.RUNNING)
 Target = tuple[str, str]  # ("proc" | "gang", name)
+
+
+def readiness_delay(failed: int, probe: Probe) -> float:
+    """Seconds until the next readiness probe after ``failed`` (1, 2, …) in a row.
+
+    Fast at first — a stand-in, a frontend or a restarted worker binds within milliseconds, and
+    every retry that comes late there is bring-up time — then doubling to every second at most
+    (``probe.interval`` if shorter), which is what a model loading for an hour gets. Probes that
+    start a program on the host (command, Ray: ~0.7 s of CPU for a Ray node table) start at
+    100 ms, TCP and HTTP probes (a connect from the head) at 20 ms."""
+    cheap = probe.kind in (ProbeKind.TCP, ProbeKind.HTTP)
+    first = READY_RETRY_CHEAP if cheap else READY_RETRY_COSTLY
+    return min(first * 2 ** min(failed - 1, 16), probe.interval, 1.0)
 
 
 class Proc:
@@ -652,9 +668,7 @@ class Runner:
             return
         if kind == "liveness":
             await asyncio.sleep(probe.interval)
-        # Readiness is polled fast at first (a restarted stand-in or frontend binds within
-        # milliseconds), then every second at most (a 405B model loads for many minutes).
-        delay = 0.05
+        failed = 0
         while True:
             started = self.now()
             ok, detail = await self.probe(probe, self._ray_since(p, probe))
@@ -671,8 +685,8 @@ class Runner:
                 self.post(("proc", p.name), ProbeResult(kind, ok, detail))  # type: ignore[arg-type]
                 if kind == "readiness":
                     return
-            delay = probe.interval if kind == "liveness" else min(delay * 2, probe.interval, 1.0)
-            await asyncio.sleep(delay)
+            failed += 1
+            await asyncio.sleep(probe.interval if kind == "liveness" else readiness_delay(failed, probe))
 
     async def _routed(self, p: Proc) -> tuple[bool, str]:
         """Routing-aware readiness of a Dynamo worker whose ``/health`` answers: ``(ready, detail)``.

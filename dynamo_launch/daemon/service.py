@@ -20,9 +20,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # prometheus-client loads only when metrics are served (see _
 __all__ = ["Daemon", "StopReport"]
 
 log = structlog.get_logger("dynamo_launch.daemon")
+T = TypeVar("T")
 
 # The last status write and the lease release (2 s each), the events' flush (2 s), with room.
 LET_GO_TIMEOUT = 10.0
@@ -135,18 +136,15 @@ class Daemon:
         created += certs.ensure(self.inv)
         if created:
             self._log.info("generated NATS/etcd credentials", files=created)
-        # Before preflight: when another daemon supervises this cluster, say that — not that
-        # its ports are busy.
-        await self._lead(wait=bool(saved))
         self.notifier.status(f"connecting to {len(self.plan.hosts)} hosts")
         later: dict[str, str] = {}  # hosts supervised once they answer: host → why not now
         if preflight:
             # The agents start first — one SSH channel per host does it all — and preflight asks
             # through them (a host whose agent cannot start is asked over plain SSH, which says
             # why in preflight's words). Agents start nothing by themselves: no process runs
-            # before preflight passed.
-            unreachable = await self._connect_all()
-            no_agent = await self._open_links([h for h in self.plan.hosts if h.name not in unreachable], strict=False)
+            # before preflight passed. The leader key is taken meanwhile, and before preflight:
+            # when another daemon supervises this cluster, say that — not that its ports are busy.
+            unreachable, no_agent = await self._while_leading(bool(saved), self._agents_for_preflight())
             self._log.info("agents up", hosts=len(self.links))  # bring-up phases (benchmarks/bringup.py)
             self.notifier.status(f"preflight: {len(self.plan.hosts)} hosts")
             # A state directory an agent refused is that host's preflight FAIL line, not a traceback.
@@ -167,7 +165,7 @@ class Daemon:
             if no_agent:  # answered plain SSH after all: their agents now, or fail as before
                 await self._open_links([h for h, _ in no_agent])
         else:
-            await self._open_links()
+            await self._while_leading(bool(saved), self._open_links())
             self._log.info("agents up", hosts=len(self.links))
         records = {name: await link.records() for name, link in self.links.items()}
         self.launch_id = pick_launch_id((saved or {}).get("launch_id"), records) or uuid.uuid4().hex[:12]
@@ -190,6 +188,32 @@ class Daemon:
             self.runner.on_host_lost(host, why)
         self.save()  # the launch id, and the adopted copies, before anything new starts
         return adoption
+
+    async def _agents_for_preflight(self) -> tuple[dict[str, str], list]:
+        """Connect to every host, then start the agents of those that answered: ``(unreachable,
+        no_agent)`` as :meth:`_connect_all` and :meth:`_open_links` (not strict) say."""
+        unreachable = await self._connect_all()
+        no_agent = await self._open_links([h for h in self.plan.hosts if h.name not in unreachable], strict=False)
+        return unreachable, no_agent
+
+    async def _while_leading(self, wait: bool, work: Awaitable[T]) -> T:
+        """``work`` (reaching the hosts) alongside :meth:`_lead`, both done before this returns.
+
+        Neither needs the other, and at ``up`` both wait mostly on other machines (SSH handshakes
+        and agents starting; etcd), so running them together takes the longer of the two, not the
+        sum. The first to fail ends the other: a daemon that is not the leader stops at once."""
+        tasks = [asyncio.ensure_future(self._lead(wait=wait)), asyncio.ensure_future(work)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task in done and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            return await tasks[1]
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _lead(self, *, wait: bool) -> None:
         """Take the cluster's leader key in etcd (a second daemon elsewhere is refused) and start
