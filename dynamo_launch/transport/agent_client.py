@@ -25,8 +25,10 @@ __all__ = ["AgentClient", "agent_source"]
 
 log = structlog.get_logger(__name__)
 
-# The agent's bootstrap, run as ``python -I -c _BOOT_PY PATH SHA256 serve --state-dir DIR`` on
-# one SSH channel that then carries the agent's protocol: it says whether PATH already holds
+# The agent's bootstrap, run as ``python -I -S -c _BOOT_PY PATH SHA256 serve --state-dir DIR`` on
+# one SSH channel that then carries the agent's protocol (``-S``: the agent is standard library
+# only, and an environment's site-packages — ``.pth`` files, editable installs — cost its
+# interpreter's start up to half again on a node): it says whether PATH already holds
 # that agent (``{"boot": "have"}``) or not (``{"boot": "need"}``: the client sends the source
 # as one base64 line, written atomically), then runs PATH as ``__main__`` in this interpreter.
 # One channel and one interpreter per host instead of three (check, upload, start): on a host
@@ -129,7 +131,7 @@ class AgentClient:
         source = self._source if self._source is not None else agent_source()
         digest = hashlib.sha256(source).hexdigest()
         self.path = f"{self.state_dir.rstrip('/') or '/'}/agent-{digest[:12]}.py"
-        self._channel = await self.transport.start([self.python, "-I", "-c", _BOOT_PY, self.path, digest,
+        self._channel = await self.transport.start([self.python, "-I", "-S", "-c", _BOOT_PY, self.path, digest,
                                                     "serve", "--state-dir", self.state_dir])
         try:
             await self._boot(self._channel, source, timeout)

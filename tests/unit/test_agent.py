@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_launch.agent import PlainText, child_path
+from dynamo_launch.agent import PlainText, child_path, wait_child
 from dynamo_launch.errors import AgentError
 from tests.agent_harness import _alive, _launch_pids, _start_time, _wait_file, _wait_gone, node, run
 from tests.transport_cases import HOSTILE
@@ -629,6 +629,22 @@ def test_exec(tmp_path, launch_id):
             assert (r["code"], r["timed_out"]) == (None, True) and time.monotonic() - t0 < 4
 
     run(go())
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "popen-wait"])
+def test_wait_child_returns_the_exit_status_and_leaves_a_slow_child_running(pidfd):
+    done = subprocess.Popen([PY, "-c", "import time, sys; time.sleep(0.1); sys.exit(4)"])
+    assert wait_child(done, 10, pidfd) == 4 and done.returncode == 4
+    assert wait_child(done, 10, pidfd) == 4  # already reaped: answered again, at once
+    slow = subprocess.Popen(["sleep", "30"])
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_child(slow, 0.2, pidfd)
+        assert 0.2 <= time.monotonic() - t0 < 5 and slow.poll() is None  # the caller decides what to do with it
+    finally:
+        slow.kill()
+        slow.wait()
 
 
 # ---- failures ----------------------------------------------------------------------------------
