@@ -30,7 +30,10 @@ log = structlog.get_logger(__name__)
 # only, and an environment's site-packages — ``.pth`` files, editable installs — cost its
 # interpreter's start up to half again on a node): it says whether PATH already holds
 # that agent (``{"boot": "have"}``) or not (``{"boot": "need"}``: the client sends the source
-# as one base64 line, written atomically), then runs PATH as ``__main__`` in this interpreter.
+# as one base64 line, written atomically), then runs PATH as ``__main__`` in this interpreter —
+# through its module loader, as the shims load it, so its bytecode is cached next to it
+# (``__pycache__``, valid while the file is that verified source) and not compiled again at every
+# start: 25 of the 35 ms from the upload to ``hello`` on the test bed.
 # One channel and one interpreter per host instead of three (check, upload, start): on a host
 # every SSH exec channel costs a login shell (with whatever the user's rc files run), and at
 # bring-up that per-host cost, not the daemon, is what grows with N.
@@ -67,11 +70,12 @@ except OSError:
 sys.stdout.write('{"boot": "%s"}\\n' % ("have" if have else "need"))
 sys.stdout.flush()
 if not have:
-    import base64, tempfile
+    import base64
     data = base64.b64decode(sys.stdin.buffer.readline())
     if hashlib.sha256(data).hexdigest() != digest:
         sys.exit("agent upload: checksum mismatch")
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp = "%s/.%s.%s.tmp" % (d, os.path.basename(path), os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -82,9 +86,11 @@ if not have:
     except BaseException:
         os.unlink(tmp)
         raise
-import runpy
+from importlib.util import module_from_spec, spec_from_file_location
+spec = spec_from_file_location("__main__", path)
+sys.modules["__main__"] = module_from_spec(spec)
 sys.argv = [path] + sys.argv[3:]
-runpy.run_path(path, run_name="__main__")
+spec.loader.exec_module(sys.modules["__main__"])
 """
 
 _END = object()  # end of the event stream
