@@ -23,7 +23,6 @@ from ..plan.spec import PlanHost
 from .agent_client import AgentClient, agent_source
 from .base import Channel, Completed, Transport, remote_command
 from .local import LocalTransport
-from .ssh import SshTransport
 
 __all__ = [
     "AgentClient",
@@ -42,4 +41,16 @@ def make_transport(host: PlanHost, **opts: Any) -> Transport:
     """The transport for ``host``: local when ``host.local``, else SSH (``opts`` go to it)."""
     if host.local:
         return LocalTransport(host)
+    from .ssh import SshTransport
+
     return SshTransport(host, **opts)
+
+
+def __getattr__(name: str) -> Any:
+    # SshTransport on first use: asyncssh and cryptography are a third of what `up` imports, and a
+    # cluster on the local host alone (the demo) never needs them.
+    if name == "SshTransport":
+        from .ssh import SshTransport
+
+        return SshTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

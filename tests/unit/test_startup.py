@@ -1,6 +1,7 @@
 """The fixed overhead of `up` and of the quick commands (issue 13, item 16): each command loads
-only what it needs, the NATS and etcd clients stay unloaded while their servers turn connections
-away, and readiness is probed soon after a start, then less often."""
+only what it needs (no SSH library for a cluster on the local host alone), the NATS and etcd
+clients stay unloaded while their servers turn connections away, and readiness is probed soon
+after a start, then less often."""
 
 from __future__ import annotations
 
@@ -48,9 +49,14 @@ def test_status_loads_no_ssh_etcd_or_nats_library(tmp_path) -> None:
     assert not loaded_after(code, {"DYNAMO_LAUNCH_RUNTIME_DIR": str(tmp_path)}) & {"asyncssh", "aetcd", "grpc", "nats"}
 
 
-def test_the_daemon_loads_the_etcd_and_nats_clients_only_when_it_uses_them() -> None:
-    loaded = loaded_after("from dynamo_launch.daemon import Daemon")
-    assert "asyncssh" in loaded and not loaded & {"aetcd", "grpc", "nats"}
+def test_the_daemon_loads_ssh_etcd_and_nats_clients_only_when_it_uses_them() -> None:
+    assert not loaded_after("from dynamo_launch.daemon import Daemon") & {"asyncssh", "aetcd", "grpc", "nats"}
+    # an SSH host's transport brings asyncssh; a local one (the demo's head) does not
+    code = ("from dynamo_launch.model import SshSettings\nfrom dynamo_launch.plan.spec import PlanHost\n"
+            "from dynamo_launch.transport import make_transport\n"
+            "make_transport(PlanHost(name='h', address='127.0.0.1', local={local}, ssh=SshSettings(), python='python3'))")
+    assert "asyncssh" not in loaded_after(code.format(local=True))
+    assert "asyncssh" in loaded_after(code.format(local=False))
 
 
 def test_an_etcd_that_refuses_is_reported_as_before_without_loading_grpc() -> None:
