@@ -257,6 +257,42 @@ def test_agent_client_uploads_only_when_missing_or_different(tmp_path):
     assert other != path and other.parent == tmp_path
 
 
+def test_a_fresh_node_gets_the_agents_bytecode_and_checks_it(tmp_path, monkeypatch):
+    import importlib.util
+    import py_compile
+    import shutil
+
+    from dynamo_launch.transport import agent_client
+
+    # the package as installed: its agent with an up-to-date bytecode cache next to it
+    (tmp_path / "pkg").mkdir()
+    packaged = Path(shutil.copy(AGENT, tmp_path / "pkg" / "agent.py"))
+    py_compile.compile(str(packaged), doraise=True)
+    monkeypatch.setattr(agent_client, "_AGENT", packaged)
+    agent_client.agent_bytecode.cache_clear()
+
+    def start(state: Path, source: bytes | None = None) -> bytes:
+        async def go():
+            agent = AgentClient(LocalTransport(local_host()), str(state), PY, source=source)
+            assert (await agent.start())["pid"] > 0
+            await agent.close()
+            return Path(importlib.util.cache_from_source(agent.path)).read_bytes()
+
+        return arun(go())
+
+    shipped = agent_client.agent_bytecode(agent_client.agent_source())
+    assert shipped[4:8] == b"\3\0\0\0" and shipped[8:16] == importlib.util.source_hash(AGENT.read_bytes())
+    assert start(tmp_path / "fresh") == shipped  # cached as sent: the node compiled nothing
+    # bytecode that is not the source's is never cached: the node's own loader compiles (a timestamp .pyc)
+    monkeypatch.setattr(agent_client, "agent_bytecode", lambda source: shipped[:8] + b"\0" * 8 + shipped[16:])
+    assert start(tmp_path / "forged")[4:8] == b"\0\0\0\0"
+    # a stand-in's source is sent without bytecode
+    monkeypatch.setattr(agent_client, "agent_bytecode", lambda source: pytest.fail("asked for bytecode"))
+    assert start(tmp_path / "stand-in", FAKE_AGENT.encode())[4:8] == b"\0\0\0\0"
+    monkeypatch.undo()
+    agent_client.agent_bytecode.cache_clear()  # nothing of the copy stays for later tests
+
+
 def test_agent_close_ends_events_quietly(tmp_path):
     async def go():
         agent = AgentClient(LocalTransport(), str(tmp_path), PY, source=FAKE_AGENT.encode())
