@@ -29,7 +29,27 @@ from typing import Mapping, Sequence
 
 import structlog
 
-with warnings.catch_warnings():
+
+@contextlib.contextmanager
+def _ldconfig_only():
+    """Asks ctypes only ldconfig's cache while asyncssh is imported.
+
+    asyncssh looks for liboqs with ctypes.util.find_library, which for a library ldconfig does not
+    list runs gcc and then ld (found on PATH) to search for it too: 25 ms of every `up` and `down`
+    on a machine with a compiler. Without a PATH for that moment, /sbin/ldconfig (by its absolute
+    path) is asked alone, which lists the library wherever a package installed it."""
+    path = os.environ.get("PATH")
+    os.environ["PATH"] = ""
+    try:
+        yield
+    finally:
+        if path is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = path
+
+
+with warnings.catch_warnings(), _ldconfig_only():
     # cryptography deprecates DSA, and asyncssh's import names its types: ten lines of warnings
     # on every `up` and `down` for keys nobody here uses. Only that warning, only during import.
     warnings.filterwarnings("ignore", message="DSA is deprecated")

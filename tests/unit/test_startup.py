@@ -59,6 +59,20 @@ def test_the_daemon_loads_ssh_etcd_and_nats_clients_only_when_it_uses_them() -> 
     assert "asyncssh" in loaded_after(code.format(local=False))
 
 
+def test_loading_the_ssh_transport_runs_no_compiler_and_keeps_path(tmp_path) -> None:
+    """asyncssh asks ctypes for liboqs at import; ctypes would run gcc and ld for a library that
+    ldconfig does not list (25–40 ms): transport/ssh.py imports it with ldconfig's cache only."""
+    marker = tmp_path / "ran"
+    for tool in ("gcc", "cc", "ld"):
+        (tmp_path / tool).write_text(f"#!/bin/sh\necho {tool} >> {marker}\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    path = f"{tmp_path}:{os.environ.get('PATH', '')}"
+    out = subprocess.run([sys.executable, "-c", "import os; import dynamo_launch.transport.ssh; print(os.environ['PATH'])"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == path and not marker.exists()
+
+
 def test_an_etcd_that_refuses_is_reported_as_before_without_loading_grpc() -> None:
     port = free_port()
     code = ("import asyncio\nfrom dynamo_launch.errors import MirrorError\nfrom dynamo_launch.etcd import EtcdClient\n"
