@@ -175,13 +175,14 @@ def _sizes(bed, opts: Options) -> list[int]:
     return [n for n in sizes if n <= len(bed.hosts)]
 
 
-def run(bed, opts: Options, log=print) -> dict:
-    """Scenarios 1 and 2 on ``bed`` (see the module docstring); JSON-ready result."""
+def run(bed, opts: Options, log=print, sizes: list[int] | None = None) -> dict:
+    """Scenarios 1 and 2 on ``bed`` (see the module docstring); JSON-ready result. ``sizes``
+    overrides the host counts of ``opts`` (``benchmarks/overhead.py``: 1 alone)."""
     names = [h.name for h in bed.hosts]
     base = port_base()
     tmp = Path(tempfile.mkdtemp(prefix="dl-bench-bringup-", dir=opts.tmp))
     out = []
-    for n in _sizes(bed, opts):
+    for n in sizes or _sizes(bed, opts):
         hosts = names[:n]
         series: dict[str, list[dict]] = {t: [] for t in TOOLS}
         for rep in range(opts.repeats):

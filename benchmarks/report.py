@@ -82,6 +82,11 @@ def targets(sc: dict) -> list[tuple[str, str, str, bool | None]]:
         add(f"daemon CPU, {where}", fp["cpu_pct"], f"{fp['cpu_pct']:.2f} % of a core", 3.0, "≤ 3 %")
     sv = serving_targets(sc.get("serving") or {})
     rows += sv
+    o = sc.get("overhead") or {}
+    if o.get("dynamo_launch") and med(o["dynamo_launch"]) is not None:
+        limit = o.get("target", 0.5)
+        add("`up`, 1 host → all READY (fixed overhead, median)", med(o["dynamo_launch"]), secs(o["dynamo_launch"]),
+            limit, f"≤ {limit} s")
     cl = sc.get("cli_latency") or {}
     for key, what, limit in (("status", f"`status`, {cl.get('hosts')} hosts", 0.4),
                              ("validate", f"`validate`, {cl.get('inventory_hosts')}-host inventory", 0.5),
@@ -182,6 +187,14 @@ none of the dead. The partition cuts h3's link for 30 s, then restores it. *Befo
 its node agent checked on the head), *after* this checkout; same venv, bed and inventory,
 alternating per case. `benchmarks/serving.py`, `benchmarks/loadgen.py`.
 """,
+    "overhead": """What every bring-up pays, whatever the number of hosts: scenario 1's method at one host (the
+same 3 listeners, the same two SSH loops interleaved, order rotated), repeated more, with the time
+of each phase of every run. Phases, as seconds after the CLI was launched: *first log line* (the
+CLI started, imported what `up` needs and read the inventory), *agents up* (SSH connection and
+node agent), *preflight passed*, *first start* (first `starting` event), *last started*, *all
+READY* (last `ready` event). The floor under the first phase is measured as subprocesses, 10 runs
+each. `benchmarks/overhead.py`.
+""",
     "cli_latency": """Wall and CPU time of the real CLI as a subprocess, 10 runs each: `status` against a daemon
 supervising 32 hosts × 3 processes, and `validate`/`plan` of a generated 256-host inventory (8 GPUs
 per host, multi-node vLLM, SGLang and TRT-LLM groups, a Ray-executor group, two processes per host:
@@ -203,6 +216,15 @@ timing on the hosts) and what dominated was fixed. Before/after, each measured A
 | the CLI: a line map of the whole file on success, the plan built twice, linear lookups, eager imports | line map only on error, plan once, indexed lookups, lazy imports | CPU time, median of 10 (`validate` / `plan` 256 hosts, `status` 32 hosts) | 0.48 / 0.53 / 0.33 s | 0.31 / 0.37 / 0.14 s |
 | each spawn started a fresh interpreter for its shim (forking the threaded agent is unsafe), ~0.1 s of CPU per process: half of a 32-host bring-up | a fork server, forked before the agent's first thread, forks the shims | bring-up of 32 hosts / its start phase (3 runs each, same bed) | 11.0 s / 5.2 s | 8.6 s / 2.5 s |
 | the same | | kill -9 → running again (20 kills) / gang of 3 all running (5 kills) | 75 ms / 172 ms | 21 ms / 76 ms |
+| `up` of one host (issue 13): 1.42 s to all READY, 0.72 s of it before the first log line | the rows below | 1 host to all READY, the commit before them against them, interleaved (2 × 7 runs each, same bed; quiet machine, and in brackets with a load average of 3) | 0.79 s, per-host SSH loop 0.27 s (0.96 s, loop 0.29 s) | 0.50 s, loop 0.25 s (0.63 s, loop 0.29 s) |
+| the CLI the benchmark launched compiled its modules at every start (`PYTHONDONTWRITEBYTECODE`), as no installed package does | `benchmarks/run.py` writes the package's bytecode first | imports of `up` (fresh interpreter, median of 10) | 0.31 s | 0.19 s |
+| `up` loaded gRPC (etcd) and nats-py inside the event loop and took the etcd leader key before connecting to any host | the key is taken while the hosts connect; neither client is loaded while its server refuses connections, and otherwise in a thread | daemon CPU before the first SSH packet | 75 ms (27 + 48) | 0 |
+| asyncssh's import made ctypes run gcc and ld, looking for liboqs | only ldconfig's cache is asked during that import | import of the SSH transport (median of 7) | 0.21 s | 0.17 s |
+| the first channel of every SSH connection waited out a delayed ACK: sshd keeps Nagle's algorithm on until a session starts | each read acknowledged at once until then (`transport/acks.py`) | first command after connecting (median of 7) | 52 ms | 7 ms |
+| the agent's interpreter loaded the environment's site-packages, and every fresh node compiled the agent's 1700 lines | `python -I -S`; the agent's bytecode travels with it and is cached on the node | interpreter start on a bed host / SSH connect → agent's `hello` (12 runs each) | 23 / 99 ms | 8 / 85 ms |
+| an agent `exec` (preflight's facts program) was answered at `Popen.wait`'s next look, up to 50 ms late | a pidfd says when the command ends | `exec` of a 90 ms command through the agent (median of 15) | 117 ms | 102 ms |
+| preflight's facts program imported `concurrent.futures` and ran `nvidia-smi` and `ip` one after the other | plain threads; both commands started first, read last | the facts program on a bed host (median of 9) | 0.13 s | 0.11 s |
+| a failed readiness probe was retried after 100 ms, 200 ms, … | TCP and HTTP probes (a connect from the head) after 20 ms, doubling; command and Ray probes as before | last started → all READY, 1 host | 0.11 s | 0.05 s |
 """
 
 CAVEATS = """All N "hosts" share this machine's cores: every per-host cost (sshd's handshake, the user's
@@ -227,6 +249,13 @@ def section_machine(res: dict) -> str:
             ["hosts' home", "an empty one each, as fresh nodes have" if res.get("private_homes")
              else "this machine's `/root` (its `.bashrc` runs for every SSH command)"],
             ["repeats", str(res.get("options", {}).get("repeats"))]]
+    several = runs(res)
+    if len(several) > 1:  # `--update` merged runs: which scenario comes from which (the facts: the first's)
+        rows = rows[:-1]  # each section says its repeats
+        rows.insert(8, ["runs merged here", "; ".join(f"{', '.join(names)}: {date}" + (f" at {git}" if git else "")
+                                                     for (date, git), names in several.items())])
+    elif res.get("bytecode"):
+        rows.append(["bytecode", "the package's, written before the run, as installing it does"])
     return table(["", ""], rows)
 
 
@@ -423,6 +452,65 @@ def section_serving(sc: dict | None) -> str:
     return out
 
 
+PHASE_NAMES = {"logging": "first log line", "agents": "agents up", "preflight": "preflight passed",
+               "first_start": "first start", "last_started": "last started", "all_ready": "all READY"}
+
+
+def section_overhead(sc: dict | None) -> str:
+    bad = failed(sc)
+    if bad:
+        return bad
+    assert sc is not None
+    dl = sc.get("dynamo_launch")
+    tools = [("dynamo_launch", "dynamo-launch `up` → all READY"), ("ssh_loop_per_process", "SSH loop, one ssh per process"),
+             ("ssh_loop_per_host", "SSH loop, one ssh per host")]
+    out = table(["1 host, 3 processes", "time", "loop ÷ launcher"],
+                [[label, secs(sc.get(t)), num(ratio_of(sc.get(t), dl), "{:.2f}×") if t != "dynamo_launch" else ""]
+                 for t, label in tools if sc.get(t)])
+    phases = sc.get("phases") or {}
+    rows, before = [], 0.0
+    for key, label in PHASE_NAMES.items():
+        at = med(phases.get(key))
+        if at is None:
+            continue
+        rows.append([label, num(at), num(at - before), secs(phases.get(key))])
+        before = at
+    if rows:
+        out += ("\nWhere the time goes (medians of every run's phase times; *since* is the difference from the "
+                "phase before):\n\n")
+        out += table(["phase", "at (s)", "since (s)", "median (min–max)"], rows)
+    imports = sc.get("imports") or {}
+    labels = {"python_startup": "`python -c pass`: an interpreter's start and exit",
+              "up_imports": "the imports of `up` for SSH hosts (`dynamo_launch.cli`, the loader, logging, the daemon, "
+                            "the SSH transport)",
+              "asyncssh": "… of which `import asyncssh` alone"}
+    if imports:
+        out += "\nThe first phase's floor (fresh interpreters, 10 runs; the imports timed inside them):\n\n"
+        out += table(["what", "time"],
+                     [[label, secs(imports.get(k))] for k, label in labels.items() if imports.get(k)])
+    return out
+
+
+def measured(sc: dict | None, res: dict) -> str:
+    """``_Measured <date> at commit <c>, N repeats._`` for a scenario of a result set that merges several runs."""
+    if not sc or len(runs(res)) < 2 or not sc.get("run"):
+        return ""
+    r = sc["run"]
+    at = f" at commit {r['git']}" if r.get("git") else ""
+    repeats = f", {r['repeats']} repeats" if r.get("repeats") else ""
+    pyc = ", the package's bytecode written first" if r.get("bytecode") else ""
+    return f"_Measured {r.get('date')}{at}{repeats}{pyc}._\n"
+
+
+def runs(res: dict) -> dict[tuple[str, str], list[str]]:
+    """The runs a result set holds (``--update`` merges): ``(date, commit)`` → its scenarios."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for name, sc in (res.get("scenarios") or {}).items():
+        r = (sc or {}).get("run") or {}
+        out.setdefault((r.get("date", ""), r.get("git", "")), []).append(name)
+    return out
+
+
 def why_missed(sc: dict) -> str:
     """What the results themselves say about the bring-up and `ray up` targets (empty when met)."""
     out = []
@@ -442,6 +530,29 @@ def why_missed(sc: dict) -> str:
             f"{num(ratio_of(last.get('dynamo_launch'), last.get('ssh_loop_per_host')), '{:.2f}')}× the time of "
             "that loop while it also preflights, supervises and health-checks everything. The target assumes hosts with "
             "their own CPUs; on this bed no tool that does work on each host can reach it.")
+    o = sc.get("overhead") or {}
+    total = med(o.get("dynamo_launch"))
+    if total is not None and total > o.get("target", 0.5):
+        ph = {k: med(v) for k, v in (o.get("phases") or {}).items()}
+        imp = {k: med(v) for k, v in (o.get("imports") or {}).items()}
+        busy = med((o.get("cpu_busy") or {}).get("dynamo_launch"))
+        if all(ph.get(k) is not None for k in PHASE_NAMES):
+            out.append(
+                f"- **Fixed overhead** ({total:.2f} s; the per-host SSH loop, which neither checks nor supervises "
+                f"anything, {num(med(o.get('ssh_loop_per_host')))} s): what is left is work each step must do, "
+                f"on {RES_CORES[0]} cores shared with the bed host's sshd and processes"
+                + (f" ({100 * busy:.0f} % busy during these runs, other work included)" if busy else "") + ". "
+                f"{ph['logging']:.2f} s pass before the first log line: a bare interpreter takes "
+                f"{num(imp.get('python_startup'))} s and the imports `up` needs {num(imp.get('up_imports'))} s, "
+                f"of which `import asyncssh` alone (with the cryptography and asyncio it loads) takes "
+                f"{num(imp.get('asyncssh'))} s: any SSH client in Python pays it, `up` of a cluster on the local "
+                f"host alone no longer does. The SSH handshake and the node agent "
+                f"(its own interpreter on the host) take {ph['agents'] - ph['logging']:.2f} s; preflight "
+                f"{ph['preflight'] - ph['agents']:.2f} s, most of it a second interpreter on the host that must see "
+                f"the environment the workers will see (site-packages, package versions); starting the 3 processes "
+                f"{ph['last_started'] - ph['preflight']:.2f} s (a fork each, and the move into their cgroups waits "
+                f"for an RCU grace period) and their listeners' own start until the first probe that finds them "
+                f"{ph['all_ready'] - ph['last_started']:.2f} s.")
     r = sc.get("ray_up") or {}
     if r.get("speedup") is not None and r["speedup"] < 3:
         cpu = r.get("host_cpu") or {}
@@ -509,15 +620,22 @@ def render(res: dict) -> str:
         "```bash\nsudo .venv/bin/pip install -e '.[bench]'   # matplotlib, py-spy, pyinstrument\n"
         "sudo apt-get install -y rsync                # for `ray up` only\n"
         "sudo .venv/bin/python -m benchmarks.run     # everything; --quick for the smoke run\n"
-        "sudo .venv/bin/python -m benchmarks.serving # serving continuity alone, before/after; the rest kept\n```\n",
+        "sudo .venv/bin/python -m benchmarks.serving # serving continuity alone, before/after; the rest kept\n"
+        "sudo .venv/bin/python -m benchmarks.run --only overhead --update  # one scenario again, the others kept\n```\n",
         "## Machine\n", section_machine(res),
         "## Targets\n", tgt, why_missed(sc),
-        "## 1–2. Bring-up scaling, against a plain SSH loop\n", METHOD["bringup"], section_bringup(sc.get("bringup")),
-        "## 3. Against `ray up`\n", METHOD["ray_up"], section_ray(sc.get("ray_up")),
-        "## 4. Failure detection and repair\n", METHOD["failure"], section_failure(sc.get("failure")),
-        "## 5. Footprint\n", METHOD["footprint"], section_footprint(sc.get("footprint")),
-        "## 6. CLI latency\n", METHOD["cli_latency"], section_cli(sc.get("cli_latency")),
-        "## 7. Serving continuity\n", METHOD["serving"], section_serving(sc.get("serving")),
+        "## 1–2. Bring-up scaling, against a plain SSH loop\n", METHOD["bringup"], measured(sc.get("bringup"), res),
+        section_bringup(sc.get("bringup")),
+        "## 3. Against `ray up`\n", METHOD["ray_up"], measured(sc.get("ray_up"), res), section_ray(sc.get("ray_up")),
+        "## 4. Failure detection and repair\n", METHOD["failure"], measured(sc.get("failure"), res),
+        section_failure(sc.get("failure")),
+        "## 5. Footprint\n", METHOD["footprint"], measured(sc.get("footprint"), res),
+        section_footprint(sc.get("footprint")),
+        "## 6. CLI latency\n", METHOD["cli_latency"], measured(sc.get("cli_latency"), res),
+        section_cli(sc.get("cli_latency")),
+        "## 7. Serving continuity\n", METHOD["serving"], section_serving(sc.get("serving")),  # says its own date
+        "## 8. Fixed overhead of `up`: one host\n", METHOD["overhead"], measured(sc.get("overhead"), res),
+        section_overhead(sc.get("overhead")),
         "## Profiling and fixes\n", FIXES,
         "## Reading these numbers\n", CAVEATS,
     ]

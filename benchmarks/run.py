@@ -4,15 +4,18 @@
     sudo .venv/bin/python -m benchmarks.run --quick --out /tmp/b  # the smoke run (tiny N, ~2 min)
     sudo .venv/bin/python -m benchmarks.run --only bringup,failure --repeats 3
     sudo .venv/bin/python -m benchmarks.run --only serving --update   # one scenario again, the others kept
+    sudo .venv/bin/python -m benchmarks.run --only overhead --update --repeats 9
 
 Builds one test bed with as many hosts as the largest scenario needs, runs each scenario's
 ``run(bed, opts)`` (modules in this directory, see ``SCENARIOS``), and writes the raw results
 with the machine's facts to ``<out>/results-<time>.json`` and ``<out>/latest.json``, then renders
 ``docs/benchmarks.md`` and the bring-up plot from them (``--no-docs`` to skip; ``--quick`` never
-touches docs). Every host gets an empty home of its own, as a fresh node has (``--machine-home``
-keeps this machine's). A scenario that fails is recorded with its error and the others still run; the
-exit status is then 1. Nothing here is a pass/fail test of the numbers: the targets are reported
-next to the measurements. Needs root (the test bed).
+touches docs). ``--update`` keeps the other scenarios of ``<out>/latest.json`` (each scenario
+records the date and commit it was measured at; the page says so where they differ). The package's
+bytecode is written first, as installing it does. Every host gets an empty home of its own, as a
+fresh node has (``--machine-home`` keeps this machine's). A scenario that fails is recorded with
+its error and the others still run; the exit status is then 1. Nothing here is a pass/fail test
+of the numbers: the targets are reported next to the measurements. Needs root (the test bed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from benchmarks.hosts import private_homes
 SCENARIOS: dict[str, tuple[str, object]] = {
     "cli_latency": ("benchmarks.cli_latency", lambda o: 4 if o.quick else 32),
     "footprint": ("benchmarks.footprint", lambda o: 4 if o.quick else 32),
+    "overhead": ("benchmarks.overhead", lambda o: 1),
     "bringup": ("benchmarks.bringup", lambda o: max(o.sizes)),
     "failure": ("benchmarks.failure", lambda o: 4),
     "ray_up": ("benchmarks.ray_up", lambda o: o.ray_hosts),
@@ -87,15 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     from tests.testbed_fixture import new_testbed  # the bed needs root; imported late for --help
 
     n = max(SCENARIOS[s][1](opts) for s in a.chosen)  # type: ignore[operator]
-    results: dict = {"machine": machine_facts(), "options": {k: str(v) if isinstance(v, Path) else v
+    now = machine_facts()
+    results: dict = {"machine": now, "options": {k: str(v) if isinstance(v, Path) else v
                                                              for k, v in vars(opts).items()},
                      "bed_hosts": n, "scenarios": {}}
     if a.update and (a.out / "latest.json").exists():
         earlier = json.loads((a.out / "latest.json").read_text())
         results["scenarios"] = earlier.get("scenarios", {})
+        # The machine table stays that of the run most numbers come from; this run's facts go with
+        # the scenarios it measures (each scenario's `run` says which run it is from).
+        results["machine"] = earlier.get("machine", now)
+        stamp = _stamp(earlier.get("machine", {}), earlier.get("options", {}).get("repeats"))
+        before = earlier.get("updated") or {}  # a merge of before per-scenario stamps: its older part
+        for name, kept in results["scenarios"].items():
+            if name in before.get("scenarios", [name]):
+                kept.setdefault("run", stamp)
+            else:
+                kept.setdefault("run", {"date": before.get("earlier", ""), "git": "", "repeats": None})
         results["bed_hosts"] = max(n, earlier.get("bed_hosts", 0))
-        results["updated"] = {"earlier": earlier.get("machine", {}).get("date"), "scenarios": a.chosen}
+        results["updated"] = {"earlier": earlier.get("machine", {}).get("date"), "scenarios": a.chosen, "machine": now}
     a.out.mkdir(parents=True, exist_ok=True)
+    results["bytecode"] = bytecode = _compile_package()
     opts.tmp = Path(tempfile.mkdtemp(prefix="dl-bench-run-"))
     print(f"benchmarks: a test bed of {n} hosts; scenarios {', '.join(a.chosen)}", file=sys.stderr, flush=True)
     bed = new_testbed(n)
@@ -116,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                 out = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
                 print(f"benchmarks: {name} FAILED: {out['error']}", file=sys.stderr, flush=True)
             out["seconds"] = round(time.monotonic() - t0, 1)
+            out["run"] = {**_stamp(now, opts.repeats), "bytecode": bytecode}
             results["scenarios"][name] = out
             _write(a.out, results)  # after each scenario: a later crash keeps what was measured
     finally:
         private_homes(bed, homes, home_root, mount=False)
         bed.teardown()
         shutil.rmtree(home_root, ignore_errors=True)
+        if not failed:  # the runs' inventories and logs; kept to look into when a scenario failed
+            shutil.rmtree(opts.tmp, ignore_errors=True)
     path = _write(a.out, results, final=True)
     print(f"benchmarks: results in {path}", file=sys.stderr)
     if not (a.quick or a.no_docs):
@@ -130,6 +149,21 @@ def main(argv: list[str] | None = None) -> int:
         for p in write_docs(results, ROOT / "docs"):
             print(f"benchmarks: wrote {p}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _stamp(machine: dict, repeats: int | None) -> dict:
+    """When, at which commit and with how many repeats a scenario was measured (the report shows
+    it when the results merge several runs)."""
+    return {"date": machine.get("date", ""), "git": machine.get("git", ""), "repeats": repeats}
+
+
+def _compile_package() -> bool:
+    """Write the package's bytecode, as installing it does: the CLI the scenarios launch must not
+    compile its modules on every start (``PYTHONDONTWRITEBYTECODE``, or a fresh checkout), which
+    an installed dynamo-launch never does. True when every module compiled."""
+    import compileall
+
+    return bool(compileall.compile_dir(str(ROOT / "dynamo_launch"), quiet=1))
 
 
 def _write(out: Path, results: dict, final: bool = False) -> Path:
