@@ -34,6 +34,26 @@ PACKAGES = ("ai-dynamo", "ai-dynamo-runtime", "vllm", "sglang", "tensorrt-llm", 
 
 FACTS = r"""
 import json, os, platform, shutil, subprocess, sys
+def started(argv):
+    # started first and read at the end: they run while this program loads and reads the rest
+    try:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except Exception as e:
+        return e
+def finished(proc, timeout):
+    # (exit status, stdout), as subprocess.run(argv, timeout=...) gives them, and raises
+    if isinstance(proc, Exception):
+        raise proc
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out
+smi = shutil.which("nvidia-smi")
+smi_run = started([smi, "--query-gpu=index", "--format=csv,noheader"]) if smi else None
+ip_run = started(["ip", "-j", "addr", "show"])
 from importlib import metadata
 def version(name):
     try:
@@ -54,11 +74,10 @@ def listening():
             pass
     return sorted(ports)
 gpus = None
-smi = shutil.which("nvidia-smi")
 if smi:
     try:
-        out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        gpus = len([l for l in out.stdout.splitlines() if l.strip()]) if out.returncode == 0 else -1
+        code, out = finished(smi_run, 20)
+        gpus = len([l for l in out.splitlines() if l.strip()]) if code == 0 else -1
     except Exception:
         gpus = -1
 def child_path(path):
@@ -113,8 +132,8 @@ def endpoint(want):
 def interfaces():
     # name -> its addresses (None: names only); for the network_interface check
     try:
-        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10)
-        return {i["ifname"]: [a["local"] for a in i.get("addr_info", []) if "local" in a] for i in json.loads(out.stdout)}
+        out = finished(ip_run, 10)[1]
+        return {i["ifname"]: [a["local"] for a in i.get("addr_info", []) if "local" in a] for i in json.loads(out)}
     except Exception:
         try:
             import socket

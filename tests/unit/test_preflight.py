@@ -259,3 +259,22 @@ def test_facts_program_finds_the_binaries_as_the_agent_will() -> None:
     checks = _by(judge(inv, build(inv), {"a": facts, "b": _fact()}))
     assert checks[("a", "nats")].status == "ok" and checks[("a", "nats")].detail.startswith(venv_nats + " 2.")
     assert checks[("a", "etcd")].detail.startswith(shutil.which("etcd") + " 3.")  # no etcd in the venv: PATH's
+
+
+@pytest.mark.parametrize("script, gpus", [("printf '0\\n1\\n\\n'", 2), ("echo broken; exit 9", -1)])
+def test_facts_program_counts_gpus_with_the_nvidia_smi_on_path(tmp_path, script: str, gpus: int) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dynamo_launch.preflight import FACTS, PACKAGES
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n{script}\n")
+    smi.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", FACTS, json.dumps(PACKAGES)], capture_output=True, text=True,
+                         timeout=60, env=env, check=True)
+    facts = json.loads(out.stdout)
+    assert facts["gpus"] == gpus and facts["interfaces"]  # and `ip`, started alongside, was read too
