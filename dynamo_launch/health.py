@@ -70,16 +70,12 @@ def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
 
 
 async def http_get(url: str, timeout: float, *, ca: str = "") -> ProbeResult:
-    """GET ``url`` (HTTP/1.1, no redirects): ok when the status is 2xx. An ``https://`` URL's
-    certificate must chain to the CA file ``ca`` (the system's CAs without one) and name the host."""
+    """GET ``url`` (no redirects): ok when the status is 2xx. An ``https://`` URL's certificate
+    must chain to the CA file ``ca`` (the system's CAs without one) and name the host."""
     start = time.monotonic()
-    parts = urlsplit(url)
-    https = parts.scheme == "https"
-    host, port = parts.hostname or "", parts.port or (443 if https else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        tls = (tls_context(ca) if ca else ssl.create_default_context()) if https else None
-        status = await asyncio.wait_for(_get_status(host, port, target, tls), timeout)
+        tls = (tls_context(ca) if ca else ssl.create_default_context()) if url.startswith("https:") else None
+        status, _ = await asyncio.wait_for(_get(url, tls, limit=0), timeout)
     except (OSError, asyncio.TimeoutError, ValueError) as e:  # ssl.SSLError is an OSError
         return ProbeResult(False, f"GET {url}: {_reason(e)}", time.monotonic() - start)
     ok = 200 <= status < 300
@@ -87,42 +83,31 @@ async def http_get(url: str, timeout: float, *, ca: str = "") -> ProbeResult:
 
 
 async def http_fetch(url: str, timeout: float, *, limit: int = 8 << 20) -> tuple[int, bytes]:
-    """GET ``url`` (plain HTTP/1.0, so no chunked body): ``(status, body)``, the body cut at
-    ``limit`` bytes. Raises OSError, ValueError or asyncio.TimeoutError."""
+    """GET ``url``: ``(status, body)``, the body cut at ``limit`` bytes. Raises OSError,
+    ValueError or asyncio.TimeoutError."""
+    return await asyncio.wait_for(_get(url, None, limit=limit), timeout)
+
+
+async def _get(url: str, tls: ssl.SSLContext | None, *, limit: int) -> tuple[int, bytes]:
+    """One GET as HTTP/1.0 (the body, if read, ends with the connection: never chunked); with
+    ``limit`` 0 only the status line is read."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    async def fetch() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            writer.write(f"GET {target} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())
-            await writer.drain()
-            status = _status(await reader.readline())
-            while (await reader.readline()).strip():  # headers: the body ends with the connection
-                pass
-            return status, await reader.read(limit)
-        finally:
-            writer.close()
-
-    return await asyncio.wait_for(fetch(), timeout)
-
-
-def _status(line: bytes) -> int:
-    fields = line.decode("latin-1").split()
-    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-        raise ValueError(f"not an HTTP response: {line[:40]!r}")
-    return int(fields[1])
-
-
-async def _get_status(host: str, port: int, target: str, tls: ssl.SSLContext | None = None) -> int:
     reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())
+        writer.write(f"GET {target} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: dynamo-launch\r\n\r\n".encode())
         await writer.drain()
-        return _status(await reader.readline())
+        line = await reader.readline()
+        fields = line.decode("latin-1").split()
+        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+            raise ValueError(f"not an HTTP response: {line[:40]!r}")
+        if not limit:
+            return int(fields[1]), b""
+        while (await reader.readline()).strip():  # the headers
+            pass
+        return int(fields[1]), await reader.read(limit)
     finally:
         writer.close()
 
