@@ -73,7 +73,7 @@ async def _step(runner: Runner, unit: tuple[str, ...], i: int, total: int, outco
                           "seconds": round(time.monotonic() - started, 2),
                           "generations": {n: runner.procs[n].machine.generation for n in unit}})
     if not up:
-        late = ", ".join(f"{n} {s}" for n, s in states.items() if s not in ("READY", "RUNNING"))
+        late = ", ".join(f"{n} {s}" for n, s in states.items() if State[s] not in UP_STATES)
         outcome.halted = (f"step {i}/{total}: {late} {'after' if ok else 'not ready within'} {limit:.0f}s; "
                           "the steps after it were not taken")
     runner.log.info("rollout step", step=i, of=total, processes=list(unit), ready=up,
@@ -139,7 +139,8 @@ def _partial(runner: Runner, plan: Plan) -> Plan:
     """The plan a halted reload leaves running: every process the runner supervises now, each as
     it runs (a changed one not reached is still its old self; a new one not started is absent)."""
     names = [s.name for s in plan.processes if s.name in runner.procs]
-    names += [n for n in runner.procs if n not in set(names)]
+    planned = set(names)
+    names += [n for n in runner.procs if n not in planned]
     specs = tuple(runner.procs[n].spec for n in names)
     partial = replace(plan, processes=specs, gangs=gangs_of(specs))
     runner.use_plan(partial)
